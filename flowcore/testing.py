@@ -1,0 +1,113 @@
+"""Offline stand-ins for tests, benchmarks and demos: a real CLIP tokenizer and random-weight encoders.
+
+Nothing here downloads anything. The tokenizer is OpenAI's CLIP BPE, rebuilt in memory from the merges
+file `bpe_simple_vocab_16e6.txt.gz` (MIT licence; `python tools/fetch_clip_bpe.py` extracts it from the
+`open-clip-torch` wheel). The encoders have real architectures and random weights, so they exercise every
+code path at real or tiny sizes but carry no meaning.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from pathlib import Path
+
+from flowcore.errors import ModelNotFoundError
+
+BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
+CLIP_VOCAB_SIZE = 49408  # 256 bytes + 256 bytes with </w> + 48894 merges + BOS + EOS
+BOS_ID, EOS_ID = 49406, 49407
+
+
+def find_clip_bpe() -> Path:
+    """Locate the CLIP merges file: `$FLOWCORE_CLIP_BPE`, then `.cache/clip/` in the repo, then ~/.cache."""
+    candidates = [
+        os.environ.get("FLOWCORE_CLIP_BPE", ""),
+        Path(__file__).resolve().parent.parent / ".cache" / "clip" / BPE_FILENAME,
+        Path.home() / ".cache" / "flowcore" / "clip" / BPE_FILENAME,
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise ModelNotFoundError(
+        f"The CLIP merges file `{BPE_FILENAME}` was not found. Run `python tools/fetch_clip_bpe.py` "
+        "or set FLOWCORE_CLIP_BPE to its path."
+    )
+
+
+def _byte_characters() -> list[str]:
+    """The 256 printable characters that byte-level BPE uses for the bytes 0..255, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = list(printable)
+    shifted = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + shifted)
+            shifted += 1
+    by_byte = dict(zip(printable, codes))
+    return [chr(by_byte[byte]) for byte in range(256)]
+
+
+@functools.lru_cache(maxsize=2)
+def clip_tokenizer(bpe_path: str | None = None):
+    """OpenAI's CLIP tokenizer (49408 tokens, BOS 49406, EOS/pad 49407) built offline from the BPE file."""
+    from transformers import CLIPTokenizer
+
+    path = Path(bpe_path) if bpe_path else find_clip_bpe()
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 48894 + 1]]  # line 0 is a version header
+    byte_chars = _byte_characters()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    if len(tokenizer) != CLIP_VOCAB_SIZE:
+        raise ModelNotFoundError(f"The CLIP tokenizer built from {path} has {len(tokenizer)} tokens, not 49408.")
+    return tokenizer
+
+
+def tiny_clip_text_model(
+    hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False, projection_dim: int = 16
+):
+    """A random-weight CLIP text encoder with the real vocabulary and 77 positions, built in milliseconds."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    torch.manual_seed(seed)
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(config).eval()
+
+
+def sd15_size_text_model(seed: int = 0):
+    """A random-weight encoder of SD 1.5's size (hidden 768, 12 layers, 123M parameters), for benchmarks."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    torch.manual_seed(seed)
+    return CLIPTextModel(config).eval()

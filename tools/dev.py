@@ -1,0 +1,66 @@
+"""The repository's two entry points, for a fresh machine with nothing but Python 3.10+.
+
+    python3 tools/dev.py demo   # the main job (see README)
+    python3 tools/dev.py test   # lint and run the tests
+
+Both create `.venv` on first use and install what they need into it: PyTorch first (a plain install of
+torch, or of anything that depends on it, would otherwise pull a multi-GB CUDA build on CPU-only machines),
+then flowcore with its extras, then the CLIP merges file the tests build a real tokenizer from.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+TORCH = "torch==2.13.0"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".flowcore-installed"
+
+
+def sh(*args: str | Path, env: dict | None = None) -> None:
+    """Run a command, echoing it, and stop on failure."""
+    print("+", " ".join(str(a) for a in args), flush=True)
+    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env)
+
+
+def ensure_environment(extras: str) -> None:
+    """Create the venv and install torch, flowcore[extras] and the CLIP merges file, once per extras set."""
+    if not PYTHON.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not STAMP.exists() or extras not in STAMP.read_text().split():
+        sh(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        sh(PYTHON, "-m", "pip", "install", "--quiet", TORCH)
+        sh(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+        STAMP.write_text(" ".join({*STAMP.read_text().split(), extras}) if STAMP.exists() else extras)
+    sh(PYTHON, ROOT / "tools" / "fetch_clip_bpe.py")
+
+
+def offline_env() -> dict:
+    """The environment for runs: never reach a model hub."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def test(args: list[str]) -> None:
+    ensure_environment("dev,diffusers,ui")
+    sh(PYTHON, "-m", "ruff", "check", ".")
+    sh(PYTHON, "-m", "ruff", "format", "--check", ".")
+    sh(PYTHON, "-m", "pytest", "-q", *args, env=offline_env())
+
+
+def demo(args: list[str]) -> None:
+    ensure_environment("dev,diffusers,ui")
+    sh(PYTHON, ROOT / "tools" / "demo.py", *args, env=offline_env())
+
+
+if __name__ == "__main__":
+    commands = {"test": test, "demo": demo}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python3 {Path(__file__).name} {{{'|'.join(commands)}}} [args...]")
+    commands[sys.argv[1]](sys.argv[2:])
