@@ -56,7 +56,8 @@ def clip_tokenizer(bpe_path: str | None = None):
     from transformers import CLIPTokenizer
 
     path = Path(bpe_path) if bpe_path else find_clip_bpe()
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        lines = file.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 48894 + 1]]  # line 0 is a version header
     byte_chars = _byte_characters()
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
