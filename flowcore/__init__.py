@@ -12,8 +12,8 @@ from flowcore.items import LexicalItem
 from flowcore.layout import PromptLayout, Token
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowReport, FlowResult, ItemReport
-from flowcore.segment import load_nlp, segment
+from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
+from flowcore.segmentation import load_nlp, segment
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "ModelNotFoundError",
     "OptionsError",
     "PromptLayout",
+    "Pull",
     "SdxlEncoder",
     "Token",
     "encoders",

@@ -21,8 +21,8 @@ from flowcore.items import ISOLATE, KEEP, LexicalItem
 from flowcore.layout import ROWS_PER_CHUNK, PromptLayout
 from flowcore.markers import parse_markers
 from flowcore.options import FlowOptions
-from flowcore.report import FlowReport, FlowResult, ItemReport
-from flowcore.segment import segment_marked
+from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
+from flowcore.segmentation import segment_marked
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,10 @@ class FlowPatcher:
         if self._baseline is None:
             self._baseline = self.encoder.empty()
         return self._baseline
+
+    def isolated(self, text: str) -> IsolatedItem:
+        """`text` encoded on its own (cached): the rows an item of that text is patched with."""
+        return self._isolated_encodings([text], [1])[0]
 
     def run(self, prompt: str, options: FlowOptions | None = None) -> FlowResult:
         """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`)."""
@@ -168,7 +172,8 @@ class FlowPatcher:
             if score is not None:
                 entry.leak_score = score.score
                 entry.source = placed[usable[score.source]][0] if score.source is not None else None
-                entry.pulls = {placed[usable[j]][0].text: round(v, 6) for j, v in score.pulls.items()}
+                pulls = [Pull(placed[usable[j]][0], value) for j, value in score.pulls.items()]
+                entry.pulls = sorted(pulls, key=lambda pull: -pull.value)
                 entry.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
             entry.patched, entry.reason = self._decide(item, score, replacement, threshold, options)
             if entry.patched:

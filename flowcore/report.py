@@ -12,12 +12,20 @@ from flowcore.layout import PromptLayout
 
 
 @dataclass
+class Pull:
+    """How much closer to `source`'s own meaning the context brought an item (a cosine difference)."""
+
+    source: LexicalItem
+    value: float
+
+
+@dataclass
 class ItemReport:
     """One item: where it sits, how leaked it looks, and what was done to it.
 
     - `rows`: its rows in the encoding; `representative_rows`: the rows that carry its meaning.
     - `leak_score`: the largest pull of another item on it (`flowcore.analysis`); `source`: that item.
-    - `pulls`: the pull of every candidate source, by the source's text.
+    - `pulls`: the pull of every item that could have influenced it, strongest first.
     - `presence`: how much of its own meaning the prompt's encoding still carries (1 = intact).
     - `patched`: whether its rows were replaced by its isolated encoding; `reason`: why or why not.
     - `removed_rows`: rows replaced by the clean-pad baseline by redundant-token removal.
@@ -27,7 +35,7 @@ class ItemReport:
     rows: list[int]
     leak_score: float = 0.0
     source: LexicalItem | None = None
-    pulls: dict[str, float] = field(default_factory=dict)
+    pulls: list[Pull] = field(default_factory=list)
     presence: float | None = None
     patched: bool = False
     reason: str = ""

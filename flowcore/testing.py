@@ -112,3 +112,101 @@ def sd15_size_text_model(seed: int = 0):
     )
     torch.manual_seed(seed)
     return CLIPTextModel(config).eval()
+
+
+# --- tiny random-weight diffusers pipelines (need diffusers; imported lazily) ---
+
+
+def _tiny_unet_and_vae(cross_attention_dim: int, seed: int, sdxl: bool = False):
+    """A two-level UNet (SD's layout: cross-attention in the first down and last up block) and a two-level VAE."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    extra = {}
+    if sdxl:
+        # SDXL adds a (size, crop, target size) time embedding and the pooled text vector to the time embedding.
+        extra = dict(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 16,  # six size numbers x 8 + the pooled projection
+            use_linear_projection=True,
+        )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        **extra,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    return unet.eval(), vae.eval()
+
+
+def _tiny_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+
+
+def pipeline_tokenizer():
+    """A copy of `clip_tokenizer()` with `model_max_length=77`, as pipelines expect (the shared one is unchanged)."""
+    import copy
+
+    tokenizer = copy.deepcopy(clip_tokenizer())
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def tiny_sd15_pipeline(seed: int = 0):
+    """A random-weight `StableDiffusionPipeline` in SD 1.5's layout with the real CLIP tokenizer; 64x64 output.
+
+    Builds in well under a second; a 2-step generation takes a fraction of a second on a CPU.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    unet, vae = _tiny_unet_and_vae(cross_attention_dim=32, seed=seed)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=tiny_clip_text_model(hidden_size=32, seed=seed),
+        tokenizer=pipeline_tokenizer(),
+        unet=unet,
+        scheduler=_tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A random-weight `StableDiffusionXLPipeline`: two CLIP encoders (32 + 32 = 64 wide) and a pooled vector."""
+    from diffusers import StableDiffusionXLPipeline
+
+    unet, vae = _tiny_unet_and_vae(cross_attention_dim=64, seed=seed, sdxl=True)
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=tiny_clip_text_model(hidden_size=32, seed=seed),
+        text_encoder_2=tiny_clip_text_model(hidden_size=32, seed=seed + 1, with_projection=True, projection_dim=16),
+        tokenizer=pipeline_tokenizer(),
+        tokenizer_2=pipeline_tokenizer(),
+        unet=unet,
+        scheduler=_tiny_scheduler(),
+    )

@@ -95,7 +95,10 @@ class ClipTower:
         `replace` holds `(batch index, position, states)` with `states` of shape `(layers + 1, hidden)`:
         after the embeddings and after every layer, that position's state is overwritten.
         """
-        hidden = self.core.embeddings(input_ids=input_ids, position_ids=position_ids)
+        # CLIPTextEmbeddings.forward refuses sequences over 77 even with restarting positions, so the two
+        # embeddings it sums are looked up directly (packed sequences may be longer than one chunk).
+        embeddings = self.core.embeddings
+        hidden = embeddings.token_embedding(input_ids) + embeddings.position_embedding(position_ids)
         states = [self._replace(hidden, 0, replace)]
         for depth, layer in enumerate(self.layers, start=1):
             if self._legacy_layer_call:

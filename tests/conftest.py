@@ -1,0 +1,43 @@
+"""Shared fixtures: the real CLIP tokenizer, the real spaCy parser and tiny random-weight encoders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from flowcore import ClipEncoder, FlowPatcher, SdxlEncoder, load_nlp  # noqa: E402
+from flowcore.testing import clip_tokenizer, tiny_clip_text_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return clip_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def nlp():
+    return load_nlp()
+
+
+@pytest.fixture(scope="session")
+def clip_model():
+    return tiny_clip_text_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_encoder(tokenizer, clip_model):
+    return ClipEncoder(tokenizer, clip_model)
+
+
+@pytest.fixture(scope="session")
+def sdxl_encoder(tokenizer, clip_model):
+    second = tiny_clip_text_model(hidden_size=48, seed=1, with_projection=True)
+    return SdxlEncoder(tokenizer, clip_model, tokenizer, second)
+
+
+@pytest.fixture()
+def patcher(clip_encoder, nlp):
+    return FlowPatcher(clip_encoder, nlp=nlp)

@@ -1,0 +1,61 @@
+import pytest
+
+from flowcore import segment
+from flowcore.errors import ModelNotFoundError
+from flowcore.segmentation import load_nlp
+
+
+def texts(prompt, nlp):
+    return [item.text for item in segment(prompt, nlp)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a crosswalk next to a bus station with a standing zebra", ["crosswalk", "bus station", "standing zebra"]),
+        ("San Francisco's Golden Gate Bridge at sunset", ["San Francisco's Golden Gate Bridge", "sunset"]),
+        ("a pink colored giraffe", ["pink colored giraffe"]),
+        ("a cat to the right of a dog, in front of a house, on top of a table", ["cat", "dog", "house", "table"]),
+    ],
+)
+def test_paper_examples(prompt, expected, nlp):
+    assert texts(prompt, nlp) == expected
+
+
+def test_offsets_index_the_prompt(nlp):
+    prompt = "two red apples and a green pear on the left, San Francisco's Golden Gate Bridge"
+    items = segment(prompt, nlp)
+    assert items
+    for item in items:
+        assert prompt[item.start : item.end] == item.text
+        assert item.head and item.text.endswith(item.head)
+
+
+def test_pronouns_and_empty_prompts_have_no_items(nlp):
+    assert texts("it is them", nlp) == []
+    assert texts("", nlp) == []
+    assert texts("   ", nlp) == []
+
+
+def test_markers_override_the_parser(nlp):
+    items = segment("a ~crosswalk next~ to a ^bus station^ with a zebra", nlp)
+    assert [(i.text, i.marker) for i in items] == [
+        ("crosswalk next", "isolate"),
+        ("bus station", "keep"),
+        ("zebra", None),
+    ]
+    clean = "a crosswalk next to a bus station with a zebra"
+    assert all(clean[i.start : i.end] == i.text for i in items)
+
+
+def test_missing_model_says_how_to_install(monkeypatch):
+    import flowcore.segmentation as seg
+
+    monkeypatch.setattr(seg, "MODEL_CANDIDATES", ("no_such_model_xyz",))
+    monkeypatch.setattr(seg, "_loaded", {})
+    with pytest.raises(ModelNotFoundError, match="pip install"):
+        load_nlp()
+
+
+def test_the_parser_is_loaded_once():
+    assert load_nlp() is load_nlp()
