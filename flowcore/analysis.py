@@ -1,15 +1,21 @@
-"""Leakage, representative tokens and presence, computed from encoder outputs alone.
+"""Leakage and presence, computed from encoder outputs alone.
 
 The leak score of an item I compares three encodings of it (all through the same encoder and layer):
   c   its contextual rows in the prompt,
-  p   its rows when encoded alone *at the positions it has in the prompt* (so that only the missing
-      context differs from c: an item that merely moved scores zero), and
+  p   its rows when encoded alone *at the positions it has in the prompt*, so that only the missing
+      context differs from c (an item that merely moved has c == p up to the context), and
   q_J the same position-matched isolated encoding of each other item J that could have influenced it
       (in a causal encoder, only items before it in its chunk; in a bidirectional one, any item in it).
-The pull of J on I is `cos(c, q_J) - cos(p, q_J)`: how much closer to J's own meaning the context brought
-I. The leak score is the largest pull, and the source is the item that exerted it. Vectors are the item's
-representative row (its last token, in a causal encoder) or the mean of its rows (bidirectional), and
-cosine keeps every score independent of the WebUI's emphasis scaling.
+Two things make a leak from J into I:
+  shift        `cos(c, q_J) - cos(p, q_J)`: the context brought I closer to J's own meaning, and
+  relatedness  `cos(p, q_J)`: I's own meaning shares something with J's, a bridge for meaning to flow.
+The pull of J on I is their product (relatedness clipped at 0). Shift alone is a poor detector: every
+context mixes into every token, and the shift toward an unrelated item is often larger than toward a
+related one (on the MiniLM minimal pairs in `flowcore.evaluation` the shift alone ranks the pulling
+context higher in 5 of 20 pairs, the product in 17 of 20; `benchmarks/leakage.py` prints this).
+The leak score is the largest pull and the source is the item that exerted it. Vectors are an item's
+representative row (its last token, in a causal encoder) or the mean of its rows (bidirectional); cosine
+keeps every score independent of the WebUI's emphasis scaling.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Leak scores are cosine differences. At sensitivity 0.5 an item is patched when the context brought it
-# 0.02 closer to another item's own meaning; see `threshold_for`.
+# The threshold at sensitivity 0.5, calibrated on the MiniLM minimal pairs (`benchmarks/leakage.py`): it
+# separates pulling from neutral contexts there. Not calibrated on CLIP weights, which are not available here.
 THRESHOLD_AT_HALF = 0.02
 
 
@@ -47,12 +53,28 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @dataclass
+class PullScore:
+    """The pull of one candidate source on an item, with its two factors."""
+
+    value: float
+    shift: float
+    relatedness: float
+
+
+@dataclass
 class LeakScore:
     """An item's leak score, the index of the item that pulled it (or None) and the pull of each candidate."""
 
     score: float
     source: int | None
-    pulls: dict[int, float] = field(default_factory=dict)
+    pulls: dict[int, PullScore] = field(default_factory=dict)
+
+
+def pull(contextual: torch.Tensor, matched: torch.Tensor, source: torch.Tensor) -> PullScore:
+    """The pull of a source (its isolated vector) on an item (its contextual and isolated vectors)."""
+    relatedness = cosine(matched, source)
+    shift = cosine(contextual, source) - relatedness
+    return PullScore(shift * max(relatedness, 0.0), shift, relatedness)
 
 
 def leak_scores(
@@ -67,12 +89,12 @@ def leak_scores(
     p = [item_vector(rows, causal) for rows in matched]
     scores = []
     for i, others in enumerate(candidates):
-        pulls = {j: cosine(c[i], p[j]) - cosine(p[i], p[j]) for j in others}
+        pulls = {j: pull(c[i], p[i], p[j]) for j in others}
         if not pulls:
             scores.append(LeakScore(0.0, None, {}))
             continue
-        source = max(pulls, key=pulls.get)
-        score = pulls[source]
+        source = max(pulls, key=lambda j: pulls[j].value)
+        score = pulls[source].value
         scores.append(LeakScore(score, source if score > 0 else None, pulls))
     return scores
 
@@ -83,8 +105,3 @@ def presence(contextual: torch.Tensor, isolated: torch.Tensor, causal: bool) -> 
     presence is high, the text encoder carried it and the failure is the decoder's (the paper's
     catastrophic neglect)."""
     return cosine(item_vector(contextual, causal), item_vector(isolated, causal))
-
-
-def last_token_rows(rows: Sequence[int]) -> list[int]:
-    """The representative-token rule for causal encoders: an item's last token carries the whole item."""
-    return list(rows[-1:])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from flowcore.layout import ROWS_PER_CHUNK, PromptLayout
 from flowcore.markers import parse_markers
 from flowcore.options import FlowOptions
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
+from flowcore.representative import RepresentativeClassifier, last_token_rows
 from flowcore.segmentation import segment_marked
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,17 @@ class FlowPatcher:
     """
 
     def __init__(
-        self, encoder: TextEncoder, options: FlowOptions | None = None, nlp=None, cache_size: int = 512
+        self,
+        encoder: TextEncoder,
+        options: FlowOptions | None = None,
+        nlp=None,
+        classifier: RepresentativeClassifier | None = None,
+        cache_size: int = 512,
     ) -> None:
         self.encoder = encoder
         self.options = options or FlowOptions()
         self.nlp = nlp
+        self.classifier = classifier  # finds representative tokens; without one, each item's last token
         self._isolated = _LruCache(cache_size)
         self._items = _LruCache(cache_size)
         self._encodings = _LruCache(cache_size)
@@ -143,11 +149,10 @@ class FlowPatcher:
         if not placed:
             return FlowResult(encoding, encoding.clone(), report, layout, pooled, pooled)
 
-        # 3. Encode every item alone: at its own positions (to score it) and at the start (to patch with).
+        # 3. Encode every item alone at the positions it has in the prompt (for scoring).
         texts = [layout.text[item.start : item.end] for item, _ in placed]
-        starts = [rows[0] % ROWS_PER_CHUNK for _, rows in placed]
-        isolated = self._isolated_encodings(texts, [1] * len(texts))
-        positioned = self._isolated_encodings(texts, starts) if self._can_position() else isolated
+        starts = [rows[0] % ROWS_PER_CHUNK for _, rows in placed] if self._can_position() else [1] * len(placed)
+        positioned = self._isolated_encodings(texts, starts)
 
         # 4. Score: which item pulled each item, and by how much.
         contextual = [encoding[rows] for _, rows in placed]
@@ -162,27 +167,33 @@ class FlowPatcher:
         )
         by_index = dict(zip(usable, scores))
 
-        # 5. Decide and patch, item by item.
-        patched = encoding.clone()
-        patched_items: list[tuple[list[int], IsolatedItem]] = []
+        # 5. Decide, item by item.
         for index, (item, rows) in enumerate(placed):
-            entry = ItemReport(item, rows, representative_rows=self._representative(rows))
-            replacement = self._aligned_rows(isolated[index], layout, rows)
+            entry = ItemReport(item, rows, representative_rows=self._representative(rows, encoding))
             score = by_index.get(index)
             if score is not None:
                 entry.leak_score = score.score
                 entry.source = placed[usable[score.source]][0] if score.source is not None else None
-                pulls = [Pull(placed[usable[j]][0], value) for j, value in score.pulls.items()]
+                pulls = [
+                    Pull(placed[usable[j]][0], pull.value, pull.shift, pull.relatedness)
+                    for j, pull in score.pulls.items()
+                ]
                 entry.pulls = sorted(pulls, key=lambda pull: -pull.value)
                 entry.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
-            entry.patched, entry.reason = self._decide(item, score, replacement, threshold, options)
-            if entry.patched:
-                patched = interventions.patch_rows(patched, rows, replacement)
-                patched_items.append((rows, isolated[index]))
+            entry.patched, entry.reason = self._decide(item, score, matched[index] is not None, threshold, options)
             report.items.append(entry)
+
+        # 6. Patch the chosen items with their encoding alone, as the paper does (tokens right after BOS).
+        chosen = [entry for entry in report.items if entry.patched]
+        isolated = self._isolated_encodings([layout.text[e.item.start : e.item.end] for e in chosen], [1] * len(chosen))
+        patched = encoding.clone()
+        patched_items: list[tuple[list[int], IsolatedItem]] = []
+        for entry, item_alone in zip(chosen, isolated):
+            patched = interventions.patch_rows(patched, entry.rows, item_alone.rows)
+            patched_items.append((entry.rows, item_alone))
         report.items.sort(key=lambda entry: entry.item.start)
 
-        # 6. Optional: redundant-token removal, then the EOS/padding rows.
+        # 7. Optional: redundant-token removal, then the EOS/padding rows.
         if options.remove_redundant:
             patched = self._remove_redundant(patched, report)
         pooled_patched = pooled
@@ -212,6 +223,8 @@ class FlowPatcher:
         return bool(getattr(self.encoder, "supports_positions", False))
 
     def _isolated_encodings(self, texts: list[str], starts: list[int]) -> list[IsolatedItem]:
+        if not texts:
+            return []
         keys = list(zip(texts, starts))
         missing = [key for key in dict.fromkeys(keys) if self._isolated.get(key) is None]
         if missing:
@@ -245,14 +258,19 @@ class FlowPatcher:
             found.append(other)
         return found
 
-    def _representative(self, rows: list[int]) -> list[int]:
-        return analysis.last_token_rows(rows)
+    def _representative(self, rows: list[int], encoding: torch.Tensor) -> list[int]:
+        """The classifier's choice where one is set (at least one row), else the last-token rule."""
+        if self.classifier is not None:
+            chosen = [row for row, keep in zip(rows, self.classifier.predict(encoding[rows]).tolist()) if keep]
+            if chosen:
+                return chosen
+        return last_token_rows(rows)
 
     @staticmethod
-    def _decide(item, score, replacement, threshold: float, options: FlowOptions) -> tuple[bool, str]:
+    def _decide(item, score, aligned: bool, threshold: float, options: FlowOptions) -> tuple[bool, str]:
         if item.marker == KEEP:
             return False, "marked ^keep^"
-        if replacement is None:
+        if not aligned:
             return False, "its tokens differ when encoded alone; cannot patch one to one"
         if item.marker == ISOLATE:
             return True, "marked ~isolate~"
@@ -285,10 +303,3 @@ class FlowPatcher:
         if 0 in chunks and rederived.pooled is not None and pooled is not None:
             pooled = rederived.pooled.to(device=pooled.device, dtype=pooled.dtype)
         return patched, pooled
-
-    def with_options(self, **changes) -> FlowPatcher:
-        """A patcher sharing this one's encoder and caches, with some options changed."""
-        clone = FlowPatcher(self.encoder, replace(self.options, **changes), self.nlp)
-        clone._isolated, clone._items, clone._encodings = self._isolated, self._items, self._encodings
-        clone._baseline = self._baseline
-        return clone

@@ -13,10 +13,13 @@ from flowcore.layout import PromptLayout
 
 @dataclass
 class Pull:
-    """How much closer to `source`'s own meaning the context brought an item (a cosine difference)."""
+    """The pull of `source` on an item: `shift` (how much closer to the source's own meaning the context
+    brought it) times `relatedness` (how close the two are in isolation); see `flowcore.analysis`."""
 
     source: LexicalItem
     value: float
+    shift: float
+    relatedness: float
 
 
 @dataclass

