@@ -95,15 +95,37 @@ class FlowPatcher:
         return self._isolated_encodings([text], [1])[0]
 
     def run(self, prompt: str, options: FlowOptions | None = None) -> FlowResult:
-        """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`)."""
-        text = parse_markers(prompt).text
-        cached = self._encodings.get(text)
+        """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`).
+
+        Encoders that can (`encode_many`) encode the prompt and every item alone, at its own positions and
+        at the start, in a single pass; `patch` then finds them all in the cache.
+        """
+        marked = parse_markers(prompt)
+        cached = self._encodings.get(marked.text)
         if cached is None:
-            layout = self.encoder.layout(text)
-            cached = (layout, self.encoder.encode(layout))
-            self._encodings.put(text, cached)
+            layout = self.encoder.layout(marked.text)
+            if hasattr(self.encoder, "encode_many"):
+                requests = [key for key in self._isolation_requests(marked, layout) if self._isolated.get(key) is None]
+                encoding, isolated = self.encoder.encode_many(layout, requests)
+                for key, item in zip(requests, isolated):
+                    self._isolated.put(key, item)
+            else:
+                encoding = self.encoder.encode(layout)
+            cached = (layout, encoding)
+            self._encodings.put(marked.text, cached)
         layout, encoding = cached
         return self.patch(encoding.rows, prompt, layout=layout, pooled=encoding.pooled, options=options)
+
+    def _isolation_requests(self, marked, layout: PromptLayout) -> list[tuple[str, int]]:
+        """The `(text, first position)` encodings `patch` will ask for: every item at its own position, and
+        at the start (where a patch takes it from)."""
+        requests = []
+        for item in self._segment(marked):
+            rows = layout.rows_for_span(item.start, item.end)
+            if not self._placement_problem(rows):
+                text = layout.text[item.start : item.end]
+                requests += [(text, rows[0] % ROWS_PER_CHUNK), (text, 1)]
+        return list(dict.fromkeys(requests))
 
     def patch(
         self,

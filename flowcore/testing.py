@@ -37,17 +37,11 @@ def find_clip_bpe() -> Path:
 
 
 def _byte_characters() -> list[str]:
-    """The 256 printable characters that byte-level BPE uses for the bytes 0..255, in byte order."""
+    """The 256 characters byte-level BPE uses for bytes, in CLIP's vocabulary order: the printable bytes
+    as themselves first, then every other byte mapped to 256, 257, ... in byte order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes = list(printable)
-    shifted = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + shifted)
-            shifted += 1
-    by_byte = dict(zip(printable, codes))
-    return [chr(by_byte[byte]) for byte in range(256)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(others))]
 
 
 @functools.lru_cache(maxsize=2)
@@ -210,3 +204,112 @@ def tiny_sdxl_pipeline(seed: int = 0):
         unet=unet,
         scheduler=_tiny_scheduler(),
     )
+
+
+def _unet_to_ldm(state: dict, n_blocks: int, layers_per_block: int) -> dict:
+    """Rename a diffusers UNet's weights to the original (ldm / WebUI) layout, after diffusers' conversion script
+    `convert_diffusers_to_original_stable_diffusion.py`, generalized to any block count and layers per block."""
+    step = layers_per_block + 1  # ldm numbers input/output blocks flat: resnets, then the down/upsampler
+    pairs = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("add_embedding.linear_1.", "label_emb.0.0."),
+        ("add_embedding.linear_2.", "label_emb.0.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+        ("mid_block.resnets.0.", "middle_block.0."),
+        ("mid_block.resnets.1.", "middle_block.2."),
+    ]
+    for i in range(n_blocks):
+        for j in range(layers_per_block):
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{step * i + j + 1}.0."))
+            pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{step * i + j + 1}.1."))
+        pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{step * (i + 1)}.0.op."))
+        has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state)
+        for j in range(step):
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{step * i + j}.0."))
+            pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{step * i + j}.1."))
+        pairs.append(
+            (
+                f"up_blocks.{i}.upsamplers.0.",
+                f"output_blocks.{step * i + layers_per_block}.{2 if has_attention else 1}.",
+            )
+        )
+    resnet_parts = [
+        ("norm1", "in_layers.0"),
+        ("conv1", "in_layers.2"),
+        ("norm2", "out_layers.0"),
+        ("conv2", "out_layers.3"),
+        ("time_emb_proj", "emb_layers.1"),
+        ("conv_shortcut", "skip_connection"),
+    ]
+    converted = {}
+    for key, value in state.items():
+        new = key
+        if "resnets" in key:
+            for hf, sd in resnet_parts:
+                new = new.replace(f".{hf}.", f".{sd}.")
+        for hf, sd in pairs:
+            if new.startswith(hf):
+                new = sd + new[len(hf) :]
+                break
+        converted["model.diffusion_model." + new] = value
+    return converted
+
+
+def _vae_to_ldm(state: dict, n_blocks: int, layers_per_block: int) -> dict:
+    """Rename a diffusers VAE's weights to the ldm layout (decoder blocks are numbered in reverse there)."""
+    pairs = [
+        ("mid_block.attentions.0.", "mid.attn_1."),
+        ("mid_block.resnets.0.", "mid.block_1."),
+        ("mid_block.resnets.1.", "mid.block_2."),
+        ("conv_norm_out.", "norm_out."),
+    ]
+    for i in range(n_blocks):
+        for j in range(layers_per_block):
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"down.{i}.block.{j}."))
+        pairs.append((f"down_blocks.{i}.downsamplers.0.", f"down.{i}.downsample."))
+        for j in range(layers_per_block + 1):
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"up.{n_blocks - 1 - i}.block.{j}."))
+        pairs.append((f"up_blocks.{i}.upsamplers.0.", f"up.{n_blocks - 1 - i}.upsample."))
+    attention_parts = [
+        ("group_norm.", "norm."),
+        ("to_q.", "q."),
+        ("to_k.", "k."),
+        ("to_v.", "v."),
+        ("to_out.0.", "proj_out."),
+    ]
+    converted = {}
+    for key, value in state.items():
+        tower, _, rest = key.partition(".")
+        if tower not in ("encoder", "decoder"):
+            converted["first_stage_model." + key] = value  # quant_conv, post_quant_conv
+            continue
+        rest = rest.replace("conv_shortcut", "nin_shortcut")
+        for hf, sd in pairs:
+            if rest.startswith(hf):
+                rest = sd + rest[len(hf) :]
+                break
+        if rest.startswith("mid.attn_1."):
+            for hf, sd in attention_parts:
+                rest = rest.replace(f"attn_1.{hf}", f"attn_1.{sd}")
+            if value.ndim == 2:
+                value = value[:, :, None, None]  # ldm's attention projections are 1x1 convolutions
+        converted[f"first_stage_model.{tower}.{rest}"] = value
+    return converted
+
+
+def save_single_file(pipe, path) -> None:
+    """Save an SD 1.x-layout pipeline as one `.safetensors` file in the original (ldm / WebUI) key layout,
+    as the WebUI's checkpoints are. For tests of single-file loading; SDXL's second encoder is not covered."""
+    from safetensors.torch import save_file
+
+    unet, vae = pipe.unet.config, pipe.vae.config
+    state = _unet_to_ldm(pipe.unet.state_dict(), len(unet.block_out_channels), unet.layers_per_block)
+    state.update(_vae_to_ldm(pipe.vae.state_dict(), len(vae.block_out_channels), vae.layers_per_block))
+    for key, value in pipe.text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        state[f"cond_stage_model.transformer.text_model.{key}"] = value
+    save_file({key: value.contiguous() for key, value in state.items()}, str(path))

@@ -98,20 +98,22 @@ def test_presence_is_one_for_an_item_without_context(clip_encoder, nlp):
     assert entry.presence == pytest.approx(1.0, abs=1e-5)
 
 
-def test_repeated_prompts_hit_the_cache(clip_encoder, nlp):
+def test_run_encodes_prompt_and_items_in_one_pass_and_caches_it(clip_encoder, nlp):
     patcher = FlowPatcher(clip_encoder, nlp=nlp)
+    tower = clip_encoder.towers[0]
     calls = []
-    original = clip_encoder.encode_isolated
+    original = tower.hidden_states
 
     def counting(*args, **kwargs):
-        calls.append(args)
+        calls.append(args[0].shape)
         return original(*args, **kwargs)
 
-    clip_encoder.encode_isolated = counting
+    tower.hidden_states = counting
     try:
         first = patcher.run("a crosswalk with a ~zebra~")
         second = patcher.run("a crosswalk with a ~zebra~")
     finally:
-        del clip_encoder.encode_isolated
-    assert len(calls) == 2  # positioned items for scoring, then the patched item alone; nothing the second time
+        del tower.hidden_states
+    # One forward call: 77 prompt rows + [BOS crosswalk] at 2 and at 1 + [BOS zebra] at 5 and at 1.
+    assert calls == [torch.Size([1, 77 + 3 + 3 + 2 + 2])]
     assert torch.equal(first.patched, second.patched)

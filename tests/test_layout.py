@@ -58,3 +58,9 @@ def test_no_backtrack_when_the_comma_is_too_far():
     comma = 267
     tokens = [Token(comma, 0, 1)] + [Token(1, i, i + 1) for i in range(79)]
     assert [len(c) for c in chunk_tokens([tokens], comma_id=comma)] == [75, 5]
+
+
+def test_the_test_tokenizer_has_openai_ids(tokenizer):
+    # Ids of OpenAI's CLIP vocabulary (as in every SD checkpoint's tokenizer).
+    assert tokenizer("a photo, of a cat")["input_ids"] == [49406, 320, 1125, 267, 539, 320, 2368, 49407]
+    assert len(tokenizer) == 49408

@@ -6,32 +6,26 @@ Conventions (as the WebUI and diffusers use them):
 - SDXL: the penultimate layer of both encoders, no final norm, concatenated (768 + 1280); the pooled
   vector is the second encoder's projected EOS vector of the first chunk.
 
-Both run CLIP's layers themselves rather than calling the model's `forward`, for two reasons: isolated
-items are packed into one sequence with a block-causal mask and restarting positions (an item's rows in a
-causal encoder depend only on BOS and its own tokens, so this is exact and costs one short forward call
-for all items), and the EOS/padding rows can be re-derived with item states swapped in at every layer.
-The layer loop works with transformers 4.30 (the WebUI's) and 5.x.
+Both run CLIP's layers themselves rather than calling the model's `forward`, for two reasons. Items
+encoded alone share one forward call with the prompt's chunks: each is a block `[BOS, tokens...]` with
+its own positions under a block-causal mask, which is exact in a causal encoder (an item's rows depend
+only on BOS and its own tokens) and reads the weights once. And the EOS/padding rows can be re-derived
+with item states swapped in at every layer. The layer loop works with transformers 4.30 (the WebUI's)
+and 5.x.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from flowcore.encoders.base import Encoding, IsolatedItem
 from flowcore.layout import ROWS_PER_CHUNK, TOKENS_PER_CHUNK, PromptLayout, layout_prompt
 
-PACK_LIMIT = 256  # tokens per packed sequence of isolated items; longer packs are split
-
-
-def _causal_mask(seq_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive causal mask of shape `(1, 1, seq, seq)`: 0 where attention is allowed, -inf-like elsewhere."""
-    blocked = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
-    return torch.zeros(seq_len, seq_len, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)[
-        None, None
-    ]
+SEQUENCE_LIMIT = 4 * ROWS_PER_CHUNK  # tokens per forward call; more blocks than this are split over calls
 
 
 def _block_causal_mask(lengths: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -43,11 +37,30 @@ def _block_causal_mask(lengths: Sequence[int], dtype: torch.dtype, device: torch
     return mask[None, None]
 
 
+@dataclass
+class Block:
+    """A token sequence encoded on its own: its ids and their position ids (which may skip)."""
+
+    ids: list[int]
+    positions: list[int]
+
+
+@dataclass
+class BlockOutput:
+    """A block's output rows `(tokens, dim)` and hidden states at every layer `(layers + 1, tokens, hidden)`."""
+
+    rows: torch.Tensor
+    layers: torch.Tensor
+
+
 class ClipTower:
-    """One CLIP text transformer, run layer by layer.
+    """One CLIP text transformer, run layer by layer over blocks packed into one sequence.
 
     `layer` indexes the hidden states `(embeddings, layer 1, ..., layer N)` the way Python indexes a list
-    (-1 is the last layer); `final_norm` says whether the final layer norm is applied to it.
+    (-1 is the last layer); `final_norm` says whether the final layer norm is applied to it. Blocks (the
+    prompt's 77-token chunks, items alone) share a forward call under a block-causal mask, so each block
+    is computed as if alone while the weights are read once: on a CPU a forward call of a few tokens
+    costs a third of a 77-token one, so fewer calls is what keeps flowcore cheap.
     """
 
     def __init__(self, tokenizer, text_model, layer: int = -1, final_norm: bool = True):
@@ -82,21 +95,29 @@ class ClipTower:
             rows.append(ids + [self.pad_id] * (ROWS_PER_CHUNK - len(ids)))
         return torch.tensor(rows, device=self.device)
 
+    def chunk_blocks(self, layout: PromptLayout) -> list[Block]:
+        """One block per 77-token chunk, positions 0..76."""
+        return [Block(ids, list(range(ROWS_PER_CHUNK))) for ids in self.chunk_ids(layout).tolist()]
+
+    def item_block(self, ids: list[int], start: int = 1) -> Block:
+        """`[BOS, tokens...]` with BOS at position 0 and the tokens from position `start` on."""
+        return Block([self.bos_id, *ids], [0, *range(start, start + len(ids))])
+
     @torch.no_grad()
     def hidden_states(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
         mask: torch.Tensor,
-        replace: Sequence[tuple[int, int, torch.Tensor]] = (),
+        replace: Sequence[tuple[int, torch.Tensor]] = (),
     ) -> list[torch.Tensor]:
-        """Hidden states `(batch, seq, hidden)` after the embeddings and after each layer.
+        """Hidden states `(1, seq, hidden)` after the embeddings and after each layer.
 
-        `replace` holds `(batch index, position, states)` with `states` of shape `(layers + 1, hidden)`:
-        after the embeddings and after every layer, that position's state is overwritten.
+        `replace` holds `(position, states)` with `states` of shape `(layers + 1, hidden)`: after the
+        embeddings and after every layer, that position's state is overwritten.
         """
         # CLIPTextEmbeddings.forward refuses sequences over 77 even with restarting positions, so the two
-        # embeddings it sums are looked up directly (packed sequences may be longer than one chunk).
+        # embeddings it sums are looked up directly.
         embeddings = self.core.embeddings
         hidden = embeddings.token_embedding(input_ids) + embeddings.position_embedding(position_ids)
         states = [self._replace(hidden, 0, replace)]
@@ -110,12 +131,12 @@ class ClipTower:
         return states
 
     @staticmethod
-    def _replace(hidden: torch.Tensor, depth: int, replace: Sequence[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    def _replace(hidden: torch.Tensor, depth: int, replace: Sequence[tuple[int, torch.Tensor]]) -> torch.Tensor:
         if not replace:
             return hidden
         hidden = hidden.clone()
-        for batch, position, states in replace:
-            hidden[batch, position] = states[depth].to(hidden.dtype)
+        for position, states in replace:
+            hidden[0, position] = states[depth].to(hidden.dtype)
         return hidden
 
     def output(self, states: list[torch.Tensor]) -> torch.Tensor:
@@ -123,111 +144,111 @@ class ClipTower:
         chosen = states[self.layer]
         return self.core.final_layer_norm(chosen) if self.final_norm else chosen
 
-    def pooled(self, states: list[torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
-        """The (projected, where the model has a projection) final-norm vector at the first EOS: `(batch, dim)`."""
-        last = self.core.final_layer_norm(states[-1])
-        eos_position = (input_ids == self.eos_id).int().argmax(dim=-1)
-        vectors = last[torch.arange(last.shape[0], device=last.device), eos_position]
-        return self.projection(vectors) if self.projection is not None else vectors
-
-    def run_chunks(self, input_ids: torch.Tensor, replace=()) -> list[torch.Tensor]:
-        """Hidden states for a batch of 77-token chunks under the ordinary causal mask."""
-        seq_len = input_ids.shape[1]
-        positions = torch.arange(seq_len, device=input_ids.device)[None].expand_as(input_ids)
-        return self.hidden_states(input_ids, positions, _causal_mask(seq_len, self.dtype, input_ids.device), replace)
+    def pooled(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """The pooled vector from an EOS token's last hidden state `(hidden,)`: final norm, then the
+        projection where the model has one."""
+        vector = self.core.final_layer_norm(last_hidden)
+        return self.projection(vector) if self.projection is not None else vector
 
     @torch.no_grad()
-    def run_packed(
-        self, items: Sequence[list[int]], starts: Sequence[int] | None = None
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Encode several token sequences alone, packed into few forward calls.
+    def run_blocks(
+        self, blocks: Sequence[Block], replace: Sequence[tuple[int, int, torch.Tensor]] = ()
+    ) -> list[BlockOutput]:
+        """Encode each block as if alone, packing blocks into as few forward calls as `SEQUENCE_LIMIT` allows.
 
-        Each item becomes `[BOS, tokens...]` and a block-causal mask keeps the items apart. Positions
-        restart per item: BOS at 0 and the tokens at 1, 2, ... or, where `starts` gives an item's first
-        position, at start, start + 1, ... (the positions it has in the prompt, so that only the missing
-        context distinguishes it from its contextual copy). Returns, per item,
-        `(rows (tokens, dim), layers (layers + 1, tokens, hidden))`.
+        `replace` holds `(block index, index in block, states (layers + 1, hidden))` to swap in at every layer.
         """
-        starts = list(starts) if starts is not None else [1] * len(items)
-        results: list[tuple[torch.Tensor, torch.Tensor]] = []
-        pack: list[tuple[list[int], int]] = []
-        for ids, start in [*zip(items, starts), (None, 0)]:
-            if ids is not None and sum(len(p) + 1 for p, _ in pack) + len(ids) + 1 <= PACK_LIMIT:
-                pack.append((ids[:TOKENS_PER_CHUNK], start))
-                continue
-            if pack:
-                results += self._run_pack(pack)
-            pack = [(ids[:TOKENS_PER_CHUNK], start)] if ids is not None else []
-        return results
-
-    def _run_pack(self, pack: list[tuple[list[int], int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        lengths = [len(ids) + 1 for ids, _ in pack]
+        groups: list[list[int]] = [[]]
+        for index, block in enumerate(blocks):
+            if groups[-1] and sum(len(blocks[i].ids) for i in groups[-1]) + len(block.ids) > SEQUENCE_LIMIT:
+                groups.append([])
+            groups[-1].append(index)
+        outputs: dict[int, BlockOutput] = {}
         device = self.device
-        input_ids = torch.tensor([[t for ids, _ in pack for t in (self.bos_id, *ids)]], device=device)
-        positions = [p for ids, start in pack for p in (0, *range(start, start + len(ids)))]
-        positions = torch.tensor([positions], device=device)
-        states = self.hidden_states(input_ids, positions, _block_causal_mask(lengths, self.dtype, device))
-        rows = self.output(states)[0]  # (seq, dim)
-        stacked = torch.stack(states)[:, 0]  # (layers + 1, seq, hidden)
-        out, first = [], 0
-        for n in lengths:
-            out.append((rows[first + 1 : first + n], stacked[:, first + 1 : first + n]))
-            first += n
-        return out
+        for group in groups:
+            if not group:
+                continue
+            lengths = [len(blocks[i].ids) for i in group]
+            starts = [sum(lengths[:n]) for n in range(len(group))]
+            ids = torch.tensor([[t for i in group for t in blocks[i].ids]], device=device)
+            positions = torch.tensor([[p for i in group for p in blocks[i].positions]], device=device)
+            first = dict(zip(group, starts))
+            swaps = [(first[b] + offset, states) for b, offset, states in replace if b in first]
+            states = self.hidden_states(ids, positions, _block_causal_mask(lengths, self.dtype, device), swaps)
+            rows = self.output(states)[0]  # (seq, dim)
+            stacked = torch.stack(states)[:, 0]  # (layers + 1, seq, hidden)
+            for index, start, length in zip(group, starts, lengths):
+                outputs[index] = BlockOutput(rows[start : start + length], stacked[:, start : start + length])
+        return [outputs[index] for index in range(len(blocks))]
 
 
 class _ClipTowers:
     """Shared machinery of `ClipEncoder` and `SdxlEncoder`: one or more towers whose outputs are concatenated."""
 
     causal = True
+    supports_positions = True
     towers: list[ClipTower]
     pooled_tower: ClipTower | None = None
 
     def layout(self, text: str) -> PromptLayout:
         return layout_prompt(self.towers[0].tokenizer, text)
 
+    def _token_ids(self, text: str) -> list[int]:
+        return self.towers[0].tokenizer(text, add_special_tokens=False)["input_ids"][:TOKENS_PER_CHUNK]
+
     @torch.no_grad()
-    def _encode(self, layout: PromptLayout, replace_by_tower: Sequence[Sequence] | None = None) -> Encoding:
-        outputs, pooled = [], None
-        for index, tower in enumerate(self.towers):
-            input_ids = tower.chunk_ids(layout)
-            replace = replace_by_tower[index] if replace_by_tower else ()
-            states = tower.run_chunks(input_ids, replace)
-            outputs.append(tower.output(states).reshape(-1, states[0].shape[-1]))
-            if tower is self.pooled_tower:
-                pooled = tower.pooled(states, input_ids)[0]  # the first chunk's, as the WebUI does
-        return Encoding(rows=torch.cat(outputs, dim=-1), pooled=pooled)
+    def encode_many(
+        self,
+        layout: PromptLayout | None,
+        requests: Sequence[tuple[str, int]] = (),
+        replaced: Sequence[tuple[list[int], IsolatedItem]] = (),
+    ) -> tuple[Encoding | None, list[IsolatedItem]]:
+        """Encode a prompt's chunks and several texts alone, `(text, first position)`, in one pass per tower.
+
+        `replaced` swaps isolated items' hidden states into the prompt's rows at every layer (see `rederive`).
+        """
+        token_ids = [self._token_ids(text) for text, _ in requests]
+        n_chunks = len(layout.chunks) if layout is not None else 0
+        prompt_rows, pooled, item_rows, item_layers = [], None, [], []
+        for tower_index, tower in enumerate(self.towers):
+            blocks = tower.chunk_blocks(layout) if layout is not None else []
+            blocks += [tower.item_block(ids, start) for ids, (_, start) in zip(token_ids, requests)]
+            swaps = [
+                (row // ROWS_PER_CHUNK, row % ROWS_PER_CHUNK, item.layers[tower_index][:, offset])
+                for rows, item in replaced
+                for offset, row in enumerate(rows)
+            ]
+            outputs = tower.run_blocks(blocks, swaps)
+            if layout is not None:
+                prompt_rows.append(torch.cat([out.rows for out in outputs[:n_chunks]]))
+                if tower is self.pooled_tower:  # the first chunk's EOS, as the WebUI does
+                    pooled = tower.pooled(outputs[0].layers[-1, len(layout.chunks[0]) + 1])
+            item_rows.append([out.rows[1:] for out in outputs[n_chunks:]])
+            item_layers.append([out.layers[:, 1:] for out in outputs[n_chunks:]])
+        encoding = Encoding(torch.cat(prompt_rows, dim=-1), pooled) if layout is not None else None
+        items = [
+            IsolatedItem(
+                text,
+                token_ids[index],
+                torch.cat([rows[index] for rows in item_rows], dim=-1),
+                tuple(layers[index] for layers in item_layers),
+            )
+            for index, (text, _) in enumerate(requests)
+        ]
+        return encoding, items
 
     def encode(self, layout: PromptLayout) -> Encoding:
-        return self._encode(layout)
+        return self.encode_many(layout)[0]
 
     def empty(self) -> Encoding:
         return self.encode(self.layout(""))
 
-    supports_positions = True
-
-    @torch.no_grad()
     def encode_isolated(self, texts: Sequence[str], starts: Sequence[int] | None = None) -> list[IsolatedItem]:
-        tokenizer = self.towers[0].tokenizer
-        token_ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:TOKENS_PER_CHUNK] for text in texts]
-        per_tower = [tower.run_packed(token_ids, starts) for tower in self.towers]
-        items = []
-        for index, text in enumerate(texts):
-            results = [tower_results[index] for tower_results in per_tower]
-            rows = torch.cat([r for r, _ in results], dim=-1)
-            items.append(IsolatedItem(text, token_ids[index], rows, tuple(layers for _, layers in results)))
-        return items
+        starts = list(starts) if starts is not None else [1] * len(texts)
+        return self.encode_many(None, list(zip(texts, starts)))[1]
 
     def rederive(self, layout: PromptLayout, replaced: Sequence[tuple[list[int], IsolatedItem]]) -> Encoding:
-        replace_by_tower = []
-        for tower_index in range(len(self.towers)):
-            replace = []
-            for rows, item in replaced:
-                layers = item.layers[tower_index]
-                for offset, row in enumerate(rows):
-                    replace.append((row // ROWS_PER_CHUNK, row % ROWS_PER_CHUNK, layers[:, offset]))
-            replace_by_tower.append(replace)
-        return self._encode(layout, replace_by_tower)
+        return self.encode_many(layout, (), replaced)[0]
 
 
 class ClipEncoder(_ClipTowers):
