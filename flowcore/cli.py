@@ -1,0 +1,281 @@
+"""The `flowcore` command (also `python -m flowcore`): analyze a prompt, compare images, explore tokens, run the UI.
+
+    flowcore analyze "a crosswalk next to a bus station with a standing zebra"
+    flowcore compare "a crosswalk next to a bus station with a standing zebra" --model v1-5.safetensors
+    flowcore explore "a baseball game at night, bats flying over the stadium" --steps 20
+    flowcore ui
+
+Models load from the local cache or disk only (see `flowcore.pipelines.load_pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+from flowcore.errors import FlowcoreError
+from flowcore.options import TAIL_CHOICES, FlowOptions
+
+logger = logging.getLogger("flowcore.cli")
+
+DESCRIPTION = """\
+Follow the Flow: find the items of a text-to-image prompt whose encoding leaked toward another item
+("zebra" after "crosswalk" becoming a zebra crossing), and patch them with their own, isolated encoding.
+
+Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never."""
+
+EPILOG = """\
+models (--model):
+  a hub id in the local Hugging Face cache   (default: stable-diffusion-v1-5/stable-diffusion-v1-5)
+  a diffusers folder                          path/to/folder (with model_index.json)
+  a single-file checkpoint                    path/to/model.safetensors (as the WebUI keeps them)
+Nothing is downloaded: a missing model is an error that says how to get it.
+
+examples:
+  flowcore analyze "a crosswalk next to a bus station with a standing zebra"
+  flowcore compare "a crosswalk next to a bus station with a standing zebra" \\
+      --model ~/stable-diffusion-webui/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors
+  flowcore explore "a baseball game at night, bats flying over the stadium" --no-tokens
+  flowcore ui --port 7861"""
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="SOURCE", help="hub id (local cache), diffusers folder or .safetensors file")
+    group.add_argument("--config", metavar="FOLDER", help="for a single file: a diffusers folder with its configs")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    group.add_argument("--clip-skip", type=int, default=1, help="1 = last layer (default), 2 = penultimate (SD 1.x)")
+
+
+def _add_patch_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("detection and patching")
+    group.add_argument("--sensitivity", type=float, default=0.5, help="0..1; higher patches more items (default 0.5)")
+    group.add_argument("--no-detect", action="store_true", help="patch only ~marked~ items")
+    group.add_argument("--tail", choices=TAIL_CHOICES, default="leave", help="EOS/padding rows (default: leave)")
+    group.add_argument("--remove-redundant", action="store_true", help="also replace redundant tokens with clean pads")
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    group = parser.add_argument_group("generation")
+    group.add_argument("--seed", type=int, default=0, help="the same seed for every image (default 0)")
+    group.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    group.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    group.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
+    group.add_argument("--width", type=int, help="image width (default: the model's)")
+    group.add_argument("--height", type=int, help="image height (default: the model's)")
+    group.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: flowcore-out/<prompt>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per job."""
+    parser = argparse.ArgumentParser(
+        prog="flowcore", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what flowcore does")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    analyze = commands.add_parser(
+        "analyze", help="print the items, leak scores and what would be patched", description=DESCRIPTION
+    )
+    analyze.add_argument("prompt", help="the prompt (markers allowed)")
+    analyze.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_model_arguments(analyze)
+    _add_patch_arguments(analyze)
+
+    compare = commands.add_parser(
+        "compare", help="generate the original and the patched image; write a PNG and an HTML report"
+    )
+    compare.add_argument("prompt", help="the prompt (markers allowed)")
+    _add_model_arguments(compare)
+    _add_patch_arguments(compare)
+    _add_generation_arguments(compare, steps=25)
+
+    explore = commands.add_parser(
+        "explore", help="images from each item's tokens alone and from each single token, in a grid"
+    )
+    explore.add_argument("prompt", help="the prompt")
+    explore.add_argument("--no-items", action="store_true", help="skip the per-item images")
+    explore.add_argument("--no-tokens", action="store_true", help="skip the per-token images")
+    explore.add_argument("--columns", type=int, default=4, help="tiles per grid row (default 4)")
+    _add_model_arguments(explore)
+    _add_patch_arguments(explore)
+    _add_generation_arguments(explore, steps=25)
+
+    ui = commands.add_parser("ui", help="a Gradio app: type a prompt, toggle patches, compare images")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    _add_model_arguments(ui)
+    _add_patch_arguments(ui)
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> FlowOptions:
+    return FlowOptions(
+        detect=not args.no_detect, sensitivity=args.sensitivity, tail=args.tail, remove_redundant=args.remove_redundant
+    )
+
+
+def _load(args: argparse.Namespace):
+    """The pipeline and a patcher over its encoder."""
+    from flowcore.pipelines import load_pipeline, patcher_for_pipeline
+
+    pipe = load_pipeline(args.model, config=args.config, device=args.device)
+    return pipe, patcher_for_pipeline(pipe, options=options_from(args), clip_skip=args.clip_skip)
+
+
+def _out_dir(args: argparse.Namespace, prompt: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "prompt"
+    folder = args.out or Path("flowcore-out") / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "negative_prompt": args.negative,
+        "width": args.width,
+        "height": args.height,
+    }
+
+
+# --- the commands ---
+
+
+def format_table(result) -> str:
+    """The report as a fixed-width table: one line per item."""
+    from flowcore.explore import token_text
+
+    header = ("item", "rows", "leak", "pulled by", "presence", "repr. token", "action", "why")
+    lines = [header]
+    for entry in result.report.items:
+        rows = f"{entry.rows[0]}-{entry.rows[-1]}" if len(entry.rows) > 1 else ",".join(map(str, entry.rows))
+        lines.append(
+            (
+                entry.item.text,
+                rows or "-",
+                f"{entry.leak_score:+.3f}",
+                entry.source.text if entry.source else "-",
+                f"{entry.presence:.3f}" if entry.presence is not None else "-",
+                ", ".join(token_text(result, r) for r in entry.representative_rows) or "-",
+                "PATCH" if entry.patched else "keep",
+                entry.reason,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1] for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    threshold = result.report.threshold
+    text.append(f"threshold: {'none (detection off)' if threshold == float('inf') else f'{threshold:.4f}'}")
+    text += [f"warning: {w}" for w in result.report.warnings]
+    return "\n".join(text)
+
+
+def report_json(result) -> dict:
+    """The report, with each token's row and text, as plain data."""
+    from flowcore.explore import token_text
+
+    data = result.report.to_dict()
+    data["tokens"] = [
+        {"row": row, "id": t.id, "text": token_text(result, row)} for row, t in result.layout.token_rows()
+    ]
+    return data
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    _, patcher = _load(args)
+    result = patcher.run(args.prompt)
+    print(json.dumps(report_json(result), indent=2, ensure_ascii=False) if args.json else format_table(result))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from flowcore.explore import side_by_side
+    from flowcore.html_report import context_shift, render_html
+    from flowcore.pipelines import generate
+
+    # 1. Load the model and analyze the prompt.
+    pipe, patcher = _load(args)
+    result = patcher.run(args.prompt)
+    print(format_table(result))
+
+    # 2. Generate the original and the patched image with the same seed.
+    images = {}
+    for which in tqdm(("original", "patched"), desc="images", unit="image"):
+        images[which] = generate(
+            pipe,
+            result,
+            patched=which == "patched",
+            seed=args.seed,
+            encoder=patcher.encoder,
+            **_generation_kwargs(args),
+        )
+
+    # 3. Write the side-by-side PNG and the HTML report.
+    folder = _out_dir(args, args.prompt)
+    png, page = folder / "compare.png", folder / "report.html"
+    side_by_side(images["original"], images["patched"], prompt=result.report.text).save(png)
+    settings = {"model": args.model or "default (SD 1.5 from the hub cache)", "seed": args.seed, "steps": args.steps}
+    shifts = context_shift(result, patcher.encoder)
+    page.write_text(render_html(result, images["original"], images["patched"], shifts, settings), encoding="utf-8")
+    (folder / "report.json").write_text(json.dumps(report_json(result), indent=2, ensure_ascii=False))
+    if not result.report.patched_items:
+        print("Nothing was patched, so both images are the same. Mark an item with ~...~ to patch it anyway.")
+    print(f"wrote {png}\nwrote {page}")
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from flowcore.explore import explore
+
+    pipe, patcher = _load(args)
+    grid, subsets = explore(
+        pipe,
+        patcher,
+        args.prompt,
+        seed=args.seed,
+        items=not args.no_items,
+        tokens=not args.no_tokens,
+        columns=args.columns,
+        **_generation_kwargs(args),
+    )
+    path = _out_dir(args, args.prompt) / "explore.png"
+    grid.save(path)
+    print(f"{len(subsets)} images: " + "; ".join(s.label for s in subsets))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from flowcore.app import build_app
+
+    pipe, patcher = _load(args)
+    app = build_app(pipe, patcher)
+    print(f"Follow the Flow UI on http://{args.host}:{args.port}")
+    app.launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "explore": cmd_explore, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `flowcore` command; returns the exit status (0 ok, 1 a flowcore error, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except FlowcoreError as error:
+        print(f"flowcore: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The paper's analysis images: what each item's tokens, and each single token, generate on their own.
+
+An image "from a subset of tokens" keeps the prompt's contextual vectors at the kept rows and fills every
+other row (BOS, EOS, other tokens, padding) from the clean-pad baseline at the same position
+(`flowcore.interventions.keep_only`); for SDXL the pooled vector is the empty prompt's, as in the paper's code.
+Also the small image helpers the CLI and the app share: a labelled grid and a side-by-side pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from flowcore.encoders.base import Encoding
+from flowcore.interventions import keep_only
+from flowcore.patcher import FlowPatcher
+from flowcore.report import FlowResult
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+logger = logging.getLogger(__name__)
+
+LABEL_CHARS = 22  # characters per label line under a tile
+LABEL_LINES = 3
+
+
+@dataclass
+class Subset:
+    """Rows to keep, with a label for the image generated from them (`rows` None: the whole prompt)."""
+
+    label: str
+    rows: list[int] | None
+
+
+def token_text(result: FlowResult, row: int) -> str:
+    """The prompt text of the token at `row` (a word piece shows its whole word's span)."""
+    for token_row, token in result.layout.token_rows():
+        if token_row == row:
+            return result.layout.text[token.start : token.end]
+    return "<special>"
+
+
+def subsets_for(result: FlowResult, items: bool = True, tokens: bool = True) -> list[Subset]:
+    """The whole prompt, then each item's rows, then each single token's row."""
+    subsets = [Subset("full prompt", None)]
+    if items:
+        subsets += [Subset(f"item: {entry.item.text}", entry.rows) for entry in result.report.items if entry.rows]
+    if tokens:
+        subsets += [Subset(f"token: {token_text(result, row)}", [row]) for row, _ in result.layout.token_rows()]
+    return subsets
+
+
+def subset_encoding(result: FlowResult, subset: Subset, baseline: Encoding) -> Encoding:
+    """The original encoding with only `subset.rows` kept and every other row from the baseline."""
+    if subset.rows is None:
+        return Encoding(result.original, result.pooled_original)
+    rows = keep_only(result.original, subset.rows, baseline.rows.to(result.original))
+    return Encoding(rows, baseline.pooled)
+
+
+def explore(
+    pipe,
+    patcher: FlowPatcher,
+    prompt: str,
+    *,
+    seed: int = 0,
+    steps: int = 25,
+    items: bool = True,
+    tokens: bool = True,
+    columns: int = 4,
+    progress: bool = True,
+    **generate_kwargs,
+) -> tuple[Image, list[Subset]]:
+    """Generate one image per subset (whole prompt, each item, each token) with the same seed, laid out in a grid.
+
+    Returns the grid and the subsets in tile order.
+    """
+    from tqdm.auto import tqdm
+
+    from flowcore.pipelines import generate
+
+    # 1. Encode the prompt and the clean-pad baseline.
+    result = patcher.run(prompt)
+    baseline = patcher.baseline()
+
+    # 2. Decide which subsets to render.
+    subsets = subsets_for(result, items=items, tokens=tokens)
+
+    # 3. Generate one image per subset, same seed for all.
+    images = []
+    for subset in tqdm(subsets, desc="explore", disable=not progress):
+        encoding = subset_encoding(result, subset, baseline)
+        images.append(
+            generate(pipe, encoding, seed=seed, steps=steps, encoder=patcher.encoder, progress=False, **generate_kwargs)
+        )
+
+    # 4. Lay them out with their labels.
+    return make_grid(images, [s.label for s in subsets], columns=columns), subsets
+
+
+def make_grid(images: list[Image], labels: list[str], columns: int = 4, title: str | None = None) -> Image:
+    """Tiles in rows of `columns`, each with its label (wrapped, up to three lines) underneath."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    if not images:
+        raise ValueError("`images` is empty: nothing to lay out.")
+    font = ImageFont.load_default(size=11)
+    width, height = images[0].size
+    line_height = 12
+    label_height = LABEL_LINES * line_height + 6
+    title_height = 2 * line_height if title else 0
+    columns = max(1, min(columns, len(images)))
+    n_rows = (len(images) + columns - 1) // columns
+    tile_width = max(width, LABEL_CHARS * 6 + 8)
+    grid = PILImage.new("RGB", (columns * tile_width, title_height + n_rows * (height + label_height)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((4, 4), title, fill="black", font=font)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        x = (index % columns) * tile_width + (tile_width - width) // 2
+        y = title_height + (index // columns) * (height + label_height)
+        grid.paste(image.convert("RGB").resize((width, height)), (x, y))
+        lines = textwrap.wrap(label, LABEL_CHARS)[:LABEL_LINES]
+        for number, line in enumerate(lines):
+            draw.text(
+                ((index % columns) * tile_width + 4, y + height + 3 + number * line_height),
+                line,
+                fill="black",
+                font=font,
+            )
+    return grid
+
+
+def side_by_side(original: Image, patched: Image, prompt: str | None = None) -> Image:
+    """The original and the patched image next to each other, labelled."""
+    return make_grid([original, patched], ["original", "patched (Follow the Flow)"], columns=2, title=prompt)
+
+
+def movement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How far a row moved: 1 - cosine similarity (0 = unchanged direction), in float32."""
+    return 1.0 - torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0).item()
