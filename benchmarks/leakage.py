@@ -45,9 +45,8 @@ def main() -> None:
             for o in outcomes
         )
     )
-    print(
-        f"\npulling context ranked higher: {sum(o.ranked_right for o in outcomes)}/{n} ({ranking_accuracy(outcomes):.0%})"
-    )
+    ranked = sum(o.ranked_right for o in outcomes)
+    print(f"\npulling context ranked higher: {ranked}/{n} ({ranking_accuracy(outcomes):.0%})")
     print(f"  with the shift alone (no relatedness weighting): {shift_only}/{n}")
     print(
         f"flagged at sensitivity 0.5 (threshold {threshold:.3f}): "
