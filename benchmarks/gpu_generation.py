@@ -43,7 +43,8 @@ def sd15_size_pipeline(device: str, dtype: torch.dtype):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return pipe.to(device, dtype)
+    pipe.to(device)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def timed(function, device: str) -> float:
