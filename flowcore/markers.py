@@ -73,8 +73,12 @@ def _find_pairs(prompt: str, warnings: list[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def parse_markers(prompt: str) -> MarkedPrompt:
-    """Remove well-formed markers from `prompt` and return the clean text with the marked spans in it."""
+def parse_markers(prompt: str, warn: bool = True) -> MarkedPrompt:
+    """Remove well-formed markers from `prompt` and return the clean text with the marked spans in it.
+
+    Malformed markers are logged as warnings unless `warn` is False (e.g. for a token counter that runs
+    on every keystroke, while a marker is half typed); they are in `.warnings` either way.
+    """
     warnings: list[str] = []
     pairs = _find_pairs(prompt, warnings)
     removed = {p for pair in pairs for p in pair}
@@ -95,14 +99,14 @@ def parse_markers(prompt: str) -> MarkedPrompt:
         while end > start and text[end - 1].isspace():
             end -= 1
         spans.append(MarkedSpan(start, end, MARKER_KINDS[prompt[open_at]]))
-    for warning in warnings:
+    for warning in warnings if warn else ():
         logger.warning(warning)
     return MarkedPrompt(text=text, spans=tuple(spans), warnings=tuple(warnings))
 
 
-def strip_markers(prompt: str) -> str:
+def strip_markers(prompt: str, warn: bool = True) -> str:
     """The prompt without its well-formed markers (what the encoder sees)."""
-    return parse_markers(prompt).text
+    return parse_markers(prompt, warn).text
 
 
 def has_markers(prompt: str) -> bool:

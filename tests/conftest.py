@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import pytest
 
@@ -10,6 +12,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from flowcore import ClipEncoder, FlowPatcher, SdxlEncoder, load_nlp  # noqa: E402
 from flowcore.testing import clip_tokenizer, tiny_clip_text_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _real_gradio_outside_the_webui_standin(request):
+    """The WebUI stand-in (tests/webui_standin) puts a fake `gradio` into sys.modules, as the WebUI's
+    gradio 3 is not installed here; tests of our own Gradio app need the real one back meanwhile."""
+    fake = sys.modules.get("gradio")
+    standin_test = any(part in ("extension", "webui_standin") for part in request.path.parts)
+    if standin_test or fake is None or fake.__name__ != "fake_gradio":
+        yield
+        return
+    del sys.modules["gradio"]
+    real = importlib.import_module("gradio")
+    try:
+        yield
+    finally:
+        sys.modules["gradio"] = fake
+        del real
 
 
 @pytest.fixture(scope="session")

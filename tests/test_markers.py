@@ -46,3 +46,12 @@ def test_parsing_never_raises_and_spans_are_valid(prompt):
     for span in marked.spans:
         assert 0 <= span.start < span.end <= len(marked.text)
         assert any(c.isalnum() for c in marked.text[span.start : span.end])
+
+
+def test_quiet_parsing_keeps_warnings_out_of_the_log(caplog):
+    with caplog.at_level("WARNING"):
+        assert strip_markers("a ~half typed", warn=False) == "a ~half typed"
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        parse_markers("a ~half typed")
+    assert "Unclosed" in caplog.text

@@ -1,0 +1,249 @@
+"""The WebUI script: one always-visible section in txt2img and img2img that patches the conditioning.
+
+Hooks, in the order the WebUI calls them during a generation:
+- `process`: read the arguments (UI, API, X/Y/Z overrides), write the infotext, check the model.
+- `process_batch`: remove the markers from the prompts the WebUI is about to encode (`p.prompts`,
+  `p.hr_prompts`); `p.all_prompts` keeps them, so the saved infotext reproduces the image.
+- `process_before_every_sampling`: patch the conds of the pass about to run (first pass, hires pass).
+- `post_sample` / `postprocess`: put the original rows back, so the WebUI's cond caches stay clean.
+
+Nothing here may fail a generation: every hook catches its errors, logs ONE warning with the reason,
+and the image is generated unpatched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flowcore.markers import strip_markers
+from flowcore.options import FlowOptions
+from flowcore.patcher import FlowPatcher
+
+from . import settings
+from .args import ARG_TABLE, PREFIX, SPECS, TITLE, FlowArgs, paste_getter
+from .conditioning import PENDING, PassResult, patch_pass
+from .webui_encoder import WebuiEncoder
+from .xyz import XYZ_ATTR
+
+try:
+    from modules import scripts
+except ImportError:  # imported outside the WebUI (documentation, linters): a stand-in base class
+    scripts = None
+
+logger = logging.getLogger("follow_the_flow")
+
+STATE_ATTR = "follow_the_flow_state"
+PATCHED_LABEL = "FtF patched"  # infotext: the items patched (informational, not restored)
+SUPPORTED_FAMILIES = ("is_sd1", "is_sd2", "is_sdxl", "is_ssd")
+_said: set[str] = set()
+
+
+def say_once(key: str, message: str) -> None:
+    """A message shown once per WebUI session (unsupported model, Forge), not once per image."""
+    if key not in _said:
+        _said.add(key)
+        logger.warning("%s %s", PREFIX, message)
+
+
+def unsupported_reason(sd_model) -> str:
+    """Why this model cannot be patched, or "" when it can."""
+    if sd_model is None:
+        return "no model is loaded"
+    if hasattr(sd_model, "forge_objects"):
+        return "Forge is not supported yet; images are generated unpatched"
+    flags = [flag for flag in (*SUPPORTED_FAMILIES, "is_sd3", "is_flux") if hasattr(sd_model, flag)]
+    if any(getattr(sd_model, flag, False) for flag in SUPPORTED_FAMILIES):
+        return ""
+    if not flags and hasattr(getattr(sd_model, "cond_stage_model", None), "tokenize_line"):
+        return ""  # a WebUI without family flags: a CLIP model it encodes with tokenize_line
+    family = next((flag[3:] for flag in flags if getattr(sd_model, flag, False)), type(sd_model).__name__)
+    return f"the model family `{family}` is not supported (SD 1.x, SD 2.x and SDXL are); images are unpatched"
+
+
+@dataclass
+class GenerationState:
+    """What the script remembers during one generation (stored on `p`)."""
+
+    args: FlowArgs
+    options: FlowOptions
+    skip_reason: str = ""
+    marked: list[str] | None = None  # this batch's prompts with their markers
+    marked_hr: list[str] | None = None
+    patchers: dict = field(default_factory=dict)  # (model, extra networks, width) -> (encoder, patcher)
+    patched_items: list[str] = field(default_factory=list)
+
+
+def _steps_candidates(p, hires: bool) -> list[tuple[int, int | None]]:
+    """The `(base_steps, hires_steps)` the WebUI may have built the conds with (samplers such as DPM2
+    take a multiple of the steps); the one whose schedule matches the conds is used."""
+    multiplier = int(getattr(p, "step_multiplier", 1) or 1)
+    steps = int(p.steps)
+    firstpass = int(getattr(p, "firstpass_steps", 0) or steps * multiplier)
+    if not hires:
+        candidates = [(firstpass, None), (steps * multiplier, None), (steps, None)]
+    else:
+        hr_steps = int(getattr(p, "hr_second_pass_steps", 0) or steps)
+        candidates = [(firstpass, hr_steps * m) for m in dict.fromkeys((multiplier, 1, 2))]
+    return list(dict.fromkeys(candidates))
+
+
+def _network_key(data) -> str:
+    if not data:
+        return ""
+    return repr(sorted((name, [getattr(x, "items", x) for x in params]) for name, params in dict(data).items()))
+
+
+class _ScriptBase:
+    pass
+
+
+class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase):
+    """Follow the Flow: find leaked prompt items and patch them with their isolated encoding."""
+
+    def title(self):
+        return TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    # --- UI ---
+
+    def ui(self, is_img2img):
+        """The section: an accordion whose header checkbox enables it. No side effects beyond building
+        components (the API calls this again to read the defaults)."""
+        import gradio as gr
+        from modules.ui_components import InputAccordion
+
+        components = {}
+        with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
+            components["enabled"] = enabled
+            for spec in ARG_TABLE[1:]:
+                value = settings.ui_default(spec)
+                elem_id = self.elem_id(spec.field)
+                if spec.kind == "radio":
+                    component = gr.Radio(list(spec.choices), value=value, label=spec.ui_label, elem_id=elem_id)
+                elif spec.kind == "slider":
+                    component = gr.Slider(
+                        spec.minimum, spec.maximum, value=value, step=spec.step, label=spec.ui_label, elem_id=elem_id
+                    )
+                else:
+                    component = gr.Checkbox(value=value, label=spec.ui_label, elem_id=elem_id)
+                components[spec.field] = component
+            gr.Markdown(
+                "Mark an item with `~item~` to always patch it, `^item^` to never patch it. "
+                "The EOS/padding option `rederive` is not available in the WebUI yet (rows are left as encoded)."
+            )
+        self.infotext_fields = [(components[spec.field], paste_getter(spec)) for spec in ARG_TABLE]
+        self.paste_field_names = [spec.label for spec in ARG_TABLE]
+        return [components[spec.field] for spec in ARG_TABLE]
+
+    # --- generation ---
+
+    def process(self, p, *args):
+        setattr(p, STATE_ATTR, None)
+        try:
+            PENDING.restore_all()  # rows left patched by a generation that failed mid-sampling
+            for key in [spec.label for spec in ARG_TABLE] + [PATCHED_LABEL]:
+                p.extra_generation_params.pop(key, None)  # the X/Y/Z plot shares this dict between cells
+            flow_args = FlowArgs.from_values(args)
+            overrides = getattr(p, XYZ_ATTR, None) or {}
+            if overrides:
+                flow_args = flow_args.replace(**{k: v for k, v in overrides.items() if k in SPECS})
+            if not flow_args.enabled:
+                return
+            state = GenerationState(flow_args, flow_args.flow_options())
+            state.skip_reason = unsupported_reason(getattr(p, "sd_model", None))
+            if state.skip_reason:
+                say_once(state.skip_reason, state.skip_reason)
+            p.extra_generation_params.update(flow_args.infotext())
+            setattr(p, STATE_ATTR, state)
+        except Exception as error:  # never fail a generation
+            logger.warning("%s disabled for this generation: %s: %s", PREFIX, type(error).__name__, error)
+            setattr(p, STATE_ATTR, None)
+
+    def process_batch(self, p, *args, **kwargs):
+        state: GenerationState | None = getattr(p, STATE_ATTR, None)
+        if state is None:
+            return
+        try:
+            state.marked = list(p.prompts)
+            p.prompts = [strip_markers(prompt) for prompt in p.prompts]
+            hr_prompts = getattr(p, "hr_prompts", None)
+            if hr_prompts:
+                state.marked_hr = list(hr_prompts)
+                p.hr_prompts = [strip_markers(prompt) for prompt in hr_prompts]
+        except Exception as error:
+            logger.warning("%s could not remove the markers: %s: %s", PREFIX, type(error).__name__, error)
+            state.skip_reason = "marker removal failed"
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        state: GenerationState | None = getattr(p, STATE_ATTR, None)
+        if state is None or state.skip_reason or kwargs.get("c") is None:
+            return
+        hires = bool(getattr(p, "is_hr_pass", False))
+        name = "hires pass" if hires else "first pass"
+        try:
+            result = self._patch(p, state, kwargs["c"], hires)
+        except Exception as error:  # nothing was written: patch_pass writes only after computing everything
+            logger.warning(
+                "%s %s left unpatched: %s: %s",
+                PREFIX,
+                name,
+                type(error).__name__,
+                error,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+            return
+        self._record(p, state, result, name)
+
+    def _patch(self, p, state: GenerationState, c, hires: bool) -> PassResult:
+        from modules import shared
+
+        # 1. The texts the WebUI encoded for this pass, and the same with the user's markers.
+        prompts = list(p.hr_prompts if hires else p.prompts)
+        marked = state.marked_hr if hires else state.marked
+        marked = list(marked) if marked is not None and len(marked) == len(prompts) else prompts
+        # 2. One encoder and patcher per model, extra networks and size (LoRA changes the text encoder).
+        sd_model = shared.sd_model
+        networks = getattr(p, "hr_extra_network_data" if hires else "extra_network_data", None)
+        key = (id(sd_model), _network_key(networks), p.width, p.height, getattr(shared.opts, "emphasis", "Original"))
+        if key not in state.patchers:
+            emphasis = str(getattr(shared.opts, "emphasis", "Original"))
+            encoder = WebuiEncoder(sd_model, width=p.width, height=p.height, emphasis=emphasis)
+            state.patchers[key] = (encoder, FlowPatcher(encoder, state.options))
+        encoder, patcher = state.patchers[key]
+        # 3. Patch every distinct cond once.
+        return patch_pass(c, prompts, marked, _steps_candidates(p, hires), encoder, patcher)
+
+    def _record(self, p, state: GenerationState, result: PassResult, name: str) -> None:
+        for report in result.reports:
+            for entry in report.items:
+                if entry.patched and entry.item.text not in state.patched_items:
+                    state.patched_items.append(entry.item.text)
+        if state.patched_items:
+            p.extra_generation_params[PATCHED_LABEL] = "; ".join(state.patched_items)
+        if result.problems:
+            logger.warning(
+                "%s %s: %d prompt part(s) left unpatched, e.g. %s",
+                PREFIX,
+                name,
+                len(result.problems),
+                result.problems[0],
+            )
+        if state.args.show_report:
+            lines = [f"Follow the Flow, {name}:"]
+            for report in result.reports:
+                lines.append(f"{report.text!r}")
+                lines += [f"  {line}" for line in report.summary().splitlines()]
+                lines += [f"  warning: {warning}" for warning in report.warnings]
+            lines += [f"  unpatched: {problem}" for problem in result.problems]
+            if len(lines) == 1:
+                lines.append("  nothing to patch")
+            p.comment("\n".join(lines))
+
+    def post_sample(self, p, ps, *args):
+        PENDING.restore_all()
+
+    def postprocess(self, p, processed, *args):
+        PENDING.restore_all()
