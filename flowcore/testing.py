@@ -44,6 +44,20 @@ def _byte_characters() -> list[str]:
     return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(others))]
 
 
+def _tokenizer_from_files(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """transformers 4.x: write vocab.json and merges.txt to a temporary folder and load them."""
+    import json
+    import tempfile
+
+    from transformers import CLIPTokenizerFast
+
+    folder = Path(tempfile.mkdtemp(prefix="flowcore-clip-"))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    lines = ["#version: 0.2", *(" ".join(merge) for merge in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return CLIPTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+
+
 @functools.lru_cache(maxsize=2)
 def clip_tokenizer(bpe_path: str | None = None):
     """OpenAI's CLIP tokenizer (49408 tokens, BOS 49406, EOS/pad 49407) built offline from the BPE file."""
@@ -57,7 +71,10 @@ def clip_tokenizer(bpe_path: str | None = None):
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    try:
+        tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)  # transformers >= 5 builds it in memory
+    except TypeError:  # transformers 4.x (the WebUI's 4.30) reads files
+        tokenizer = _tokenizer_from_files(vocab, merges)
     if len(tokenizer) != CLIP_VOCAB_SIZE:
         raise ModelNotFoundError(f"The CLIP tokenizer built from {path} has {len(tokenizer)} tokens, not 49408.")
     return tokenizer

@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, T5Config, T5EncoderModel
@@ -5,6 +8,12 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, T5Config, T5E
 from flowcore import ClipEncoder, GenericEncoder
 from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.testing import tiny_clip_text_model
+
+
+def text_core(model):
+    """The module holding embeddings, layers and final norm (transformers 4.x nests it in `.text_model`)."""
+    return getattr(model, "text_model", model)
+
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 
@@ -23,7 +32,7 @@ def test_clip_skip_takes_an_earlier_layer_then_the_final_norm(tokenizer):
     encoder = ClipEncoder(tokenizer, model, clip_skip=2)
     ids = torch.tensor([tokenizer(PROMPT, padding="max_length", max_length=77)["input_ids"]])
     hidden = model(ids, output_hidden_states=True).hidden_states[-2]
-    expected = model.final_layer_norm(hidden)[0]
+    expected = text_core(model).final_layer_norm(hidden)[0]
     torch.testing.assert_close(encoder.encode(encoder.layout(PROMPT)).rows, expected)
     with pytest.raises(ValueError, match="clip_skip"):
         ClipEncoder(tokenizer, model, clip_skip=0)
@@ -54,7 +63,7 @@ def test_packed_isolated_items_equal_encoding_each_alone(clip_encoder, clip_mode
 
 def test_position_matched_isolated_items_sit_at_their_prompt_positions(clip_encoder, clip_model, tokenizer):
     (item,) = clip_encoder.encode_isolated(["zebra"], starts=[10])
-    hidden = clip_model.embeddings(
+    hidden = text_core(clip_model).embeddings(
         input_ids=torch.tensor([[49406, item.token_ids[0]]]), position_ids=torch.tensor([[0, 10]])
     )
     torch.testing.assert_close(item.layers[0][0, 0], hidden[0, 1])
@@ -71,7 +80,12 @@ def test_long_prompts_encode_each_chunk_separately(clip_encoder):
 
 def _bert():
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "zebra", "cross", "##walk", "bus", "station", "standing", "with"]
-    tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)})
+    try:
+        tokenizer = BertTokenizerFast(vocab={token: index for index, token in enumerate(vocab)})
+    except TypeError:  # transformers 4.x reads a vocabulary file
+        path = Path(tempfile.mkdtemp()) / "vocab.txt"
+        path.write_text("\n".join(vocab))
+        tokenizer = BertTokenizerFast(vocab_file=str(path))
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64

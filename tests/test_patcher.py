@@ -106,15 +106,17 @@ def test_rederive_equals_swapping_states_into_every_layer(clip_encoder, clip_mod
     ids = clip_encoder.towers[0].chunk_ids(result.layout)
     states = isolated.layers[0][:, 0]  # (layers + 1, hidden)
     hooks = []
-    for depth, layer in enumerate(clip_model.encoder.layers, start=1):
+    core = getattr(clip_model, "text_model", clip_model)  # transformers 4.x nests the transformer
+    for depth, layer in enumerate(core.encoder.layers, start=1):
 
         def swap(module, args, output, depth=depth):
-            output[0, row] = states[depth] if not isinstance(output, tuple) else output
+            hidden = output[0] if isinstance(output, tuple) else output  # transformers 4.x returns tuples
+            hidden[0, row] = states[depth]
             return output
 
         hooks.append(layer.register_forward_hook(swap))
     hooks.append(
-        clip_model.embeddings.register_forward_hook(
+        core.embeddings.register_forward_hook(
             lambda m, a, out: out.index_put_((torch.tensor([0]), torch.tensor([row])), states[0][None])
         )
     )

