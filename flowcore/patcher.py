@@ -117,14 +117,21 @@ class FlowPatcher:
         return self.patch(encoding.rows, prompt, layout=layout, pooled=encoding.pooled, options=options)
 
     def _isolation_requests(self, marked, layout: PromptLayout) -> list[tuple[str, int]]:
-        """The `(text, first position)` encodings `patch` will ask for: every item at its own position, and
-        at the start (where a patch takes it from)."""
-        requests = []
+        """The `(text, first position)` encodings `patch` will ask for: every item at its own position (to
+        score it) and, where it may be patched, at the start (where a patch takes it from). An item marked
+        ^keep^, or one that nothing could have pulled and that is not marked ~isolate~, is never patched."""
+        placed = []
         for item in self._segment(marked):
             rows = layout.rows_for_span(item.start, item.end)
             if not self._placement_problem(rows):
-                text = layout.text[item.start : item.end]
-                requests += [(text, rows[0] % ROWS_PER_CHUNK), (text, 1)]
+                placed.append((item, rows))
+        requests = []
+        for index, (item, rows) in enumerate(placed):
+            text = layout.text[item.start : item.end]
+            requests.append((text, rows[0] % ROWS_PER_CHUNK))
+            may_patch = item.marker == ISOLATE or (item.marker != KEEP and self._candidates(index, placed))
+            if may_patch:
+                requests.append((text, 1))
         return list(dict.fromkeys(requests))
 
     def patch(
