@@ -234,7 +234,7 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         if state.args.show_report:
             lines = [f"Follow the Flow, {name}:"]
             for report in result.reports:
-                lines.append(f"{report.text!r}")
+                lines.append(repr(report.text.strip()))  # AND sub-prompts keep the WebUI's leading space
                 lines += [f"  {line}" for line in report.summary().splitlines()]
                 lines += [f"  warning: {warning}" for warning in report.warnings]
             lines += [f"  unpatched: {problem}" for problem in result.problems]
