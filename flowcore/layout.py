@@ -61,10 +61,6 @@ class PromptLayout:
         """Tokens whose text overlaps the character span [start, end), in order."""
         return [token for _, token in self.token_rows() if token.start < end and start < token.end]
 
-    def chunk_of_row(self, row: int) -> int:
-        """Which chunk a row belongs to."""
-        return row // ROWS_PER_CHUNK
-
     def tail_rows(self, chunk: int) -> list[int]:
         """The EOS and padding rows of a chunk: they see the whole chunk in a causal encoder."""
         first = self.row(chunk, len(self.chunks[chunk]))
