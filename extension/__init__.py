@@ -6,10 +6,6 @@
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger("follow_the_flow")
-
 
 def register_callbacks() -> None:
     """Settings defaults, the token counter's marker stripping, and the X/Y/Z plot axes."""

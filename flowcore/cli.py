@@ -20,8 +20,6 @@ from pathlib import Path
 from flowcore.errors import FlowcoreError
 from flowcore.options import TAIL_CHOICES, FlowOptions
 
-logger = logging.getLogger("flowcore.cli")
-
 DESCRIPTION = """\
 Follow the Flow: find the items of a text-to-image prompt whose encoding leaked toward another item
 ("zebra" after "crosswalk" becoming a zebra crossing), and patch them with their own, isolated encoding.

@@ -8,7 +8,6 @@ Also the small image helpers the CLI and the app share: a labelled grid and a si
 
 from __future__ import annotations
 
-import logging
 import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,7 +22,6 @@ from flowcore.report import FlowResult
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-logger = logging.getLogger(__name__)
 
 LABEL_CHARS = 22  # characters per label line under a tile
 LABEL_LINES = 3

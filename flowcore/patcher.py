@@ -6,7 +6,6 @@ offsets, per chunk) -> isolated encodings (cached) -> leak scores -> a patch pla
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -23,8 +22,6 @@ from flowcore.options import FlowOptions
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
 from flowcore.representative import RepresentativeClassifier, last_token_rows
 from flowcore.segmentation import segment_marked
-
-logger = logging.getLogger(__name__)
 
 
 class _LruCache:

