@@ -3,7 +3,9 @@
 Real-size random weights (SD 1.5's text encoder: hidden 768, 12 layers, 123M parameters) with the real
 CLIP tokenizer and spaCy parser. "plain" is what a pipeline does: tokenize to 77 ids and one forward
 call. "run" is flowcore's whole job (segment, encode, encode the items alone, score, patch) with empty
-caches; "repeated" is the same prompt again (caches warm). Medians over `--repeats` warm runs.
+caches; "repeated" is the same prompt again (caches warm). The three are timed in turn within each
+repeat and each ratio is the median of the per-repeat ratios, so that drift in a shared machine's speed
+falls on both sides of a ratio alike.
 Budget (issue 3): run <= 1.5x plain at 6 items; repeated <= 1.05x.
 
     python benchmarks/speed.py [--repeats 9]
@@ -31,14 +33,21 @@ PROMPTS = {
 }
 
 
-def median_ms(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def interleaved(functions: dict, repeats: int) -> dict[str, list[float]]:
+    """Time each function once per repeat, in turn, after one warm-up call each."""
+    for function in functions.values():
         function()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].append(seconds(function))
+    return times
 
 
 def main() -> None:
@@ -64,13 +73,14 @@ def main() -> None:
             patcher.clear_cache()
             return patcher.run(prompt)
 
-        plain_ms = median_ms(plain, args.repeats)
-        run_ms = median_ms(cold, args.repeats)
-        repeated_ms = median_ms(lambda prompt=prompt: patcher.run(prompt), args.repeats)
+        times = interleaved({"plain": plain, "run": cold, "repeated": lambda p=prompt: patcher.run(p)}, args.repeats)
+        plain_ms, run_ms, repeated_ms = (1000 * statistics.median(times[k]) for k in ("plain", "run", "repeated"))
+        run_ratio = statistics.median(r / p for r, p in zip(times["run"], times["plain"]))
+        repeated_ratio = statistics.median(r / p for r, p in zip(times["repeated"], times["plain"]))
         patched = len(patcher.run(prompt).report.patched_items)
         print(
-            f"{n_items:>5} {plain_ms:>9.1f} {run_ms:>8.1f} {run_ms / plain_ms:>8.2f}x "
-            f"{repeated_ms:>11.2f} {repeated_ms / plain_ms:>8.3f}x  {patched}"
+            f"{n_items:>5} {plain_ms:>9.1f} {run_ms:>8.1f} {run_ratio:>8.2f}x "
+            f"{repeated_ms:>11.2f} {repeated_ratio:>8.3f}x  {patched}"
         )
 
 
