@@ -80,10 +80,15 @@ def clip_tokenizer(bpe_path: str | None = None):
     return tokenizer
 
 
-def tiny_clip_text_model(
-    hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False, projection_dim: int = 16
+def random_clip_text_model(
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    seed: int = 0,
+    with_projection: bool = False,
+    projection_dim: int = 16,
 ):
-    """A random-weight CLIP text encoder with the real vocabulary and 77 positions, built in milliseconds."""
+    """A CLIP text encoder with random weights, the real vocabulary and 77 positions."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -92,9 +97,10 @@ def tiny_clip_text_model(
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
+        num_attention_heads=num_heads,
         max_position_embeddings=77,
         projection_dim=projection_dim,
+        hidden_act="quick_gelu",
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=EOS_ID,
@@ -104,28 +110,16 @@ def tiny_clip_text_model(
     return model_class(config).eval()
 
 
+def tiny_clip_text_model(
+    hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False, projection_dim: int = 16
+):
+    """A tiny random-weight CLIP text encoder (4 heads), built in milliseconds, for tests."""
+    return random_clip_text_model(hidden_size, num_layers, 4, seed, with_projection, projection_dim)
+
+
 def sd15_size_text_model(seed: int = 0):
     """A random-weight encoder of SD 1.5's size (hidden 768, 12 layers, 123M parameters), for benchmarks."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
-    )
-    torch.manual_seed(seed)
-    return CLIPTextModel(config).eval()
-
-
-# --- tiny random-weight diffusers pipelines (need diffusers; imported lazily) ---
+    return random_clip_text_model(hidden_size=768, num_layers=12, num_heads=12, seed=seed)
 
 
 def _tiny_unet_and_vae(cross_attention_dim: int, seed: int, sdxl: bool = False):
