@@ -207,9 +207,9 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         # 2. One encoder and patcher per model, extra networks and size (LoRA changes the text encoder).
         sd_model = shared.sd_model
         networks = getattr(p, "hr_extra_network_data" if hires else "extra_network_data", None)
-        key = (id(sd_model), _network_key(networks), p.width, p.height, getattr(shared.opts, "emphasis", "Original"))
+        emphasis = str(getattr(shared.opts, "emphasis", "Original"))
+        key = (id(sd_model), _network_key(networks), p.width, p.height, emphasis)
         if key not in state.patchers:
-            emphasis = str(getattr(shared.opts, "emphasis", "Original"))
             encoder = WebuiEncoder(sd_model, width=p.width, height=p.height, emphasis=emphasis)
             state.patchers[key] = (encoder, FlowPatcher(encoder, state.options))
         encoder, patcher = state.patchers[key]

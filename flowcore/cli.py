@@ -221,7 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     png, page = folder / "compare.png", folder / "report.html"
     side_by_side(images["original"], images["patched"], prompt=result.report.text).save(png)
     settings = {"model": args.model or "default (SD 1.5 from the hub cache)", "seed": args.seed, "steps": args.steps}
-    shifts = context_shift(result, patcher.encoder)
+    shifts = context_shift(result, patcher)
     page.write_text(render_html(result, images["original"], images["patched"], shifts, settings), encoding="utf-8")
     (folder / "report.json").write_text(json.dumps(report_json(result), indent=2, ensure_ascii=False))
     if not result.report.patched_items:

@@ -11,9 +11,9 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flowcore.encoders.base import TextEncoder
 from flowcore.explore import movement, token_text
 from flowcore.layout import ROWS_PER_CHUNK
+from flowcore.patcher import FlowPatcher
 from flowcore.report import FlowResult
 
 if TYPE_CHECKING:
@@ -40,20 +40,17 @@ def image_data_uri(image: Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def context_shift(result: FlowResult, encoder: TextEncoder) -> list[list[float]]:
+def context_shift(result: FlowResult, patcher: FlowPatcher) -> list[list[float]]:
     """Per item, per token: how far context moved the token's vector, 1 - cos(contextual row, the same token
-    encoded alone at the same positions). Items whose tokens differ when encoded alone get an empty list."""
-    entries = [entry for entry in result.report.items if entry.rows]
-    if not entries:
-        return []
-    texts = [result.layout.text[entry.item.start : entry.item.end] for entry in entries]
-    starts = [entry.rows[0] % ROWS_PER_CHUNK for entry in entries]
-    if getattr(encoder, "supports_positions", False):
-        isolated = encoder.encode_isolated(texts, starts)
-    else:
-        isolated = encoder.encode_isolated(texts)
+    encoded alone at the same positions). Items whose tokens differ when encoded alone get an empty list.
+
+    The encodings alone are the ones `patcher.run` scored the items with, so they come from its cache."""
     shifts = []
-    for entry, alone in zip(entries, isolated):
+    for entry in result.report.items:
+        if not entry.rows:
+            continue
+        text = result.layout.text[entry.item.start : entry.item.end]
+        alone = patcher.isolated(text, start=entry.rows[0] % ROWS_PER_CHUNK)
         if alone.rows.shape[0] != len(entry.rows):
             shifts.append([])
             continue

@@ -87,9 +87,11 @@ class FlowPatcher:
             self._baseline = self.encoder.empty()
         return self._baseline
 
-    def isolated(self, text: str) -> IsolatedItem:
-        """`text` encoded on its own (cached): the rows an item of that text is patched with."""
-        return self._isolated_encodings([text], [1])[0]
+    def isolated(self, text: str, start: int = 1) -> IsolatedItem:
+        """`text` encoded on its own (cached). At `start` 1 (right after BOS) these are the rows an item of
+        that text is patched with; at the item's own first position, the rows it is scored against (where
+        the encoder can place tokens; otherwise always right after BOS)."""
+        return self._isolated_encodings([text], [start])[0]
 
     def run(self, prompt: str, options: FlowOptions | None = None) -> FlowResult:
         """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`).
@@ -177,8 +179,7 @@ class FlowPatcher:
 
         # 3. Encode every item alone at the positions it has in the prompt (for scoring).
         texts = [layout.text[item.start : item.end] for item, _ in placed]
-        starts = [rows[0] % ROWS_PER_CHUNK for _, rows in placed] if self._can_position() else [1] * len(placed)
-        positioned = self._isolated_encodings(texts, starts)
+        positioned = self._isolated_encodings(texts, [rows[0] % ROWS_PER_CHUNK for _, rows in placed])
 
         # 4. Score: which item pulled each item, and by how much.
         contextual = [encoding[rows] for _, rows in placed]
@@ -249,8 +250,11 @@ class FlowPatcher:
         return bool(getattr(self.encoder, "supports_positions", False))
 
     def _isolated_encodings(self, texts: list[str], starts: list[int]) -> list[IsolatedItem]:
+        """Each text alone at its start position (1 where the encoder cannot place tokens), from the cache."""
         if not texts:
             return []
+        if not self._can_position():
+            starts = [1] * len(texts)
         keys = list(zip(texts, starts))
         missing = [key for key in dict.fromkeys(keys) if self._isolated.get(key) is None]
         if missing:
@@ -266,7 +270,8 @@ class FlowPatcher:
     def _aligned_rows(isolated: IsolatedItem, layout: PromptLayout, rows: list[int]) -> torch.Tensor | None:
         """The isolated rows for the item's contextual rows, or None when the tokens differ (then the item
         cannot be patched one to one)."""
-        ids_in_prompt = [token.id for row, token in layout.token_rows() if row in set(rows)]
+        wanted = set(rows)
+        ids_in_prompt = [token.id for row, token in layout.token_rows() if row in wanted]
         if ids_in_prompt != isolated.token_ids:
             return None
         return isolated.rows

@@ -323,14 +323,15 @@ def generate(
         raise ValueError("SDXL needs a pooled vector: pass a `FlowResult` or an `Encoding` with `pooled`.")
 
     # 2. Encode the negative prompt and give both sides the same number of chunks.
-    empty = encoder.empty()
     if is_sdxl and not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
         negative = Encoding(torch.zeros_like(rows), torch.zeros_like(pooled))
     else:
         negative = encoder.encode(encoder.layout(negative_prompt))
-    n_rows = max(rows.shape[0], negative.rows.shape[0])
-    rows = _pad_to_rows(rows, n_rows, empty.rows)
-    negative_rows = _pad_to_rows(negative.rows, n_rows, empty.rows)
+    negative_rows = negative.rows
+    if rows.shape[0] != negative_rows.shape[0]:
+        empty = encoder.empty().rows
+        n_rows = max(rows.shape[0], negative_rows.shape[0])
+        rows, negative_rows = _pad_to_rows(rows, n_rows, empty), _pad_to_rows(negative_rows, n_rows, empty)
 
     # 3. Run the pipeline on the embeddings.
     kwargs = {}

@@ -12,7 +12,7 @@ from flowcore.html_report import context_shift, patch_change, render_html
 def test_report_is_self_contained_and_escapes_prompt_text(patcher):
     prompt = 'a <b>crosswalk</b> & "bus station" with a ~standing zebra~ <script>alert(1)</script>'
     result = patcher.run(prompt)
-    shifts = context_shift(result, patcher.encoder)
+    shifts = context_shift(result, patcher)
     image = Image.new("RGB", (8, 8), "red")
     page = render_html(result, image, image, shifts, settings={"model": "<tiny>"})
 
@@ -34,6 +34,6 @@ def test_movement_numbers(patcher):
     token_rows = [row for row, _ in result.layout.token_rows()]
     for row, value in zip(token_rows, change):
         assert (value > 1e-6) == (row in patched_rows)
-    shifts = context_shift(result, patcher.encoder)
+    shifts = context_shift(result, patcher)
     assert [len(s) for s in shifts] == [len(e.rows) for e in result.report.items if e.rows]
     assert all(value >= -1e-6 for shift in shifts for value in shift)
