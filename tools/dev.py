@@ -94,4 +94,7 @@ if __name__ == "__main__":
     commands = {"test": test, "demo": demo}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python3 {Path(__file__).name} {{{'|'.join(commands)}}} [args...]")
-    commands[sys.argv[1]](sys.argv[2:])
+    try:
+        commands[sys.argv[1]](sys.argv[2:])
+    except subprocess.CalledProcessError as error:  # the command said why; pass its status on, no traceback
+        sys.exit(error.returncode)
