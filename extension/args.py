@@ -37,13 +37,21 @@ class ArgSpec:
     maximum: float = 1.0
     step: float = 0.05
     axis: str = ""  # the X/Y/Z plot axis name ("" for none)
+    info: str = ""  # the line shown under the component
 
 
 ARG_TABLE: tuple[ArgSpec, ...] = (
     ArgSpec("enabled", TITLE, "accordion", False, TITLE, axis="Enabled"),
     ArgSpec("mode", "FtF mode", "radio", MODE_AUTO, "Which items to patch", choices=MODE_CHOICES, axis="Mode"),
     ArgSpec(
-        "sensitivity", "FtF sensitivity", "slider", 0.5, "Sensitivity (higher patches more items)", axis="Sensitivity"
+        "sensitivity",
+        "FtF sensitivity",
+        "slider",
+        0.5,
+        "Sensitivity (higher patches more items)",
+        axis="Sensitivity",
+        info="How many unrelated items get patched anyway, the same on every model: none at 0, about 1 in 30 "
+        "at 0.25, 1 in 10 at 0.5, 1 in 3 at 0.75, all at 1. Each model is calibrated once on neutral prompts.",
     ),
     ArgSpec("tail", "FtF tail", "radio", "leave", "EOS/padding rows", choices=TAIL_CHOICES),
     ArgSpec("remove_redundant", "FtF remove redundant", "checkbox", False, "Remove redundant tokens"),

@@ -121,14 +121,13 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
             for spec in ARG_TABLE[1:]:
                 value = settings.ui_default(spec)
                 elem_id = self.elem_id(spec.field)
+                text = {"label": spec.ui_label, "elem_id": elem_id, **({"info": spec.info} if spec.info else {})}
                 if spec.kind == "radio":
-                    component = gr.Radio(list(spec.choices), value=value, label=spec.ui_label, elem_id=elem_id)
+                    component = gr.Radio(list(spec.choices), value=value, **text)
                 elif spec.kind == "slider":
-                    component = gr.Slider(
-                        spec.minimum, spec.maximum, value=value, step=spec.step, label=spec.ui_label, elem_id=elem_id
-                    )
+                    component = gr.Slider(spec.minimum, spec.maximum, value=value, step=spec.step, **text)
                 else:
-                    component = gr.Checkbox(value=value, label=spec.ui_label, elem_id=elem_id)
+                    component = gr.Checkbox(value=value, **text)
                 components[spec.field] = component
             gr.Markdown(
                 "Mark an item with `~item~` to always patch it, `^item^` to never patch it. "

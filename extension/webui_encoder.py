@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flowcore.encoders.base import Encoding, IsolatedItem
-from flowcore.layout import ROWS_PER_CHUNK, TOKENS_PER_CHUNK, PromptLayout, Token
+from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.layout import CLIP_CHUNKS, ROWS_PER_CHUNK, TOKENS_PER_CHUNK, PromptLayout, Token
 
 # CLIP's own pre-tokenization (open_clip SimpleTokenizer and transformers' CLIPTokenizer): BPE runs inside
 # each of these pieces, so tokenizing the pieces one by one gives the ids of the whole text, with offsets.
@@ -177,7 +177,7 @@ class WebuiEncoder:
             multipliers += [float(m) for m in chunk.multipliers]
         if position != len(stream):
             raise MappingError(f"{len(stream) - position} token(s) of the prompt are missing from the chunks")
-        layout = PromptLayout(text=plain, chunks=tuple(placed), leading=1)
+        layout = PromptLayout(text=plain, chunks=tuple(placed), format=CLIP_CHUNKS)
         return LineLayout(layout, torch.tensor(multipliers, dtype=torch.float32))
 
     # --- the TextEncoder protocol ---
@@ -189,11 +189,21 @@ class WebuiEncoder:
         rows = self._conditioning([escape(layout.text)])[0]
         return Encoding(rows=rows[: layout.n_rows])
 
-    def encode_isolated(self, texts: Sequence[str], starts: Sequence[int] | None = None) -> list[IsolatedItem]:
-        """Each text alone, as a whole prompt, in ONE `get_learned_conditioning` call: rows 1..k of each.
+    def identity(self) -> str:
+        """A sampled fingerprint of the text encoder's weights (a LoRA applied to them changes it), with the
+        clip skip and emphasis settings."""
+        from modules import shared
+
+        text_encoder = self.model.conditioner if self.is_sdxl else self.clip
+        settings = (type(self).__name__, getattr(shared.opts, "CLIP_stop_at_last_layers", 1), self.emphasis)
+        return weights_fingerprint(text_encoder, settings=settings)
+
+    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
+        """Each item's text alone, as a whole prompt, in ONE `get_learned_conditioning` call: rows 1..k of each.
 
         The texts are plain (escaped, so no emphasis): every multiplier is 1 and the "Original" emphasis
         rescale of the batch is exactly 1, so batching does not make the texts influence each other."""
+        texts = [request.text for request in requests]
         if not texts:
             return []
         lines = [escape(text) for text in texts]

@@ -1,44 +1,47 @@
-"""Leakage and presence, computed from encoder outputs alone.
+"""Leakage and presence, computed from encoder outputs alone, on a scale calibrated per encoder.
 
-The leak score of an item I compares three encodings of it (all through the same encoder and layer):
-  c   its contextual rows in the prompt,
-  p   its rows when encoded alone *at the positions it has in the prompt*, so that only the missing
-      context differs from c (an item that merely moved has c == p up to the context), and
-  q_J the same position-matched isolated encoding of each other item J that could have influenced it
-      (in a causal encoder, only items before it in its chunk; in a bidirectional one, any item in it).
-Two things make a leak from J into I:
-  shift        `cos(c, q_J) - cos(p, q_J)`: the context brought I closer to J's own meaning, and
-  relatedness  `cos(p, q_J)`: I's own meaning shares something with J's, a bridge for meaning to flow.
-The pull of J on I is their product (relatedness clipped at 0). Shift alone is a poor detector: every
-context mixes into every token, and the shift toward an unrelated item is often larger than toward a
-related one (on the MiniLM minimal pairs in `flowcore.evaluation` the shift alone ranks the pulling
-context higher in 5 of 20 pairs, the product in 17 of 20; `benchmarks/leakage.py` prints this).
-The leak score is the largest pull and the source is the item that exerted it. Vectors are an item's
-representative row (its last token, in a causal encoder) or the mean of its rows (bidirectional); cosine
-keeps every score independent of the WebUI's emphasis scaling.
+For an item I the patcher has three kinds of vectors (all from the rows the text-to-image model reads):
+  c    I's contextual vector in the prompt (its last row in a causal encoder, the mean of its rows otherwise),
+  p    I encoded alone *at the positions it has in the prompt*, so that only the missing context differs, and
+  q_J  the same position-matched isolated vector of each item J that could have influenced I (in a causal
+       encoder only items before I in its chunk; in a bidirectional one any other item in it).
+
+Raw hidden states are anisotropic: every pair of tokens has a high cosine, dominated by a few directions that
+say "this is a token of this model", and a cosine that means "related" on one encoder means nothing on
+another. So every vector first goes through its encoder's `Calibration` (`flowcore.calibration`): each
+dimension is standardised, the few dominant directions are removed, the result is scaled to unit length.
+
+The pull of J on I is then how much closer I's contextual vector is to J's own meaning than either vector is,
+typically, to anything (the hubness correction CSLS of cross-lingual word retrieval, Conneau et al. 2018):
+    pull(J -> I) = 2 cos(c, q_J) - r(c) - r(q_J),
+where r(c) is the mean cosine of c with its k nearest isolated items of the calibration prompts and r(q_J)
+that of q_J with its k nearest contextual items there. The leak score is the largest pull, the source the
+item that exerted it. Whether a score is high is read off the encoder's own null distribution: the pulls
+seen in the calibration prompts, whose items are unrelated to each other (see `patch_share`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-# The threshold at sensitivity 0.5, calibrated on the MiniLM minimal pairs (`benchmarks/leakage.py`): it
-# separates pulling from neutral contexts there. Not calibrated on CLIP weights, which are not available here.
-THRESHOLD_AT_HALF = 0.02
+if TYPE_CHECKING:
+    from flowcore.calibration import Calibration
+
+DEFAULT_PATCH_SHARE = 0.10  # at sensitivity 0.5: about 1 in 10 items that nothing pulled is patched anyway
 
 
-def threshold_for(sensitivity: float) -> float:
-    """The leak-score threshold for a sensitivity in [0, 1]: 0 patches nothing, 1 patches any positive pull.
+def patch_share(sensitivity: float) -> float:
+    """The share of unrelated items a sensitivity patches (the calibration prompts' items score above the
+    threshold this often): 0 at sensitivity 0 (nothing is patched), 10% at 0.5, 100% at 1.
 
-    The threshold halves with every 0.25 of sensitivity above 0.5 and doubles below it, from 0.08 at
-    sensitivity 0 (then nothing is patched at all) to 0.005 at 1.
-    """
+    Between, each 0.5 of sensitivity multiplies the share by 10: 3.2% at 0.25, 32% at 0.75."""
     if sensitivity <= 0.0:
-        return float("inf")
-    return THRESHOLD_AT_HALF * 2.0 ** (-(sensitivity - 0.5) / 0.25)
+        return 0.0
+    return min(1.0, DEFAULT_PATCH_SHARE * 10.0 ** ((sensitivity - 0.5) / 0.5))
 
 
 def item_vector(rows: torch.Tensor, causal: bool) -> torch.Tensor:
@@ -54,10 +57,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @dataclass
 class PullScore:
-    """The pull of one candidate source on an item, with its two factors."""
+    """The pull of one candidate source on an item, with the cosines it comes from (calibrated space):
+    `similarity` between the item in context and the source alone, `relatedness` between both alone."""
 
     value: float
-    shift: float
+    similarity: float
     relatedness: float
 
 
@@ -70,11 +74,10 @@ class LeakScore:
     pulls: dict[int, PullScore] = field(default_factory=dict)
 
 
-def pull(contextual: torch.Tensor, matched: torch.Tensor, source: torch.Tensor) -> PullScore:
-    """The pull of a source (its isolated vector) on an item (its contextual and isolated vectors)."""
-    relatedness = cosine(matched, source)
-    shift = cosine(contextual, source) - relatedness
-    return PullScore(shift * max(relatedness, 0.0), shift, relatedness)
+def pull_value(similarity: float, hubness_contextual: float, hubness_isolated: float) -> float:
+    """The pull (CSLS): twice the calibrated cosine of the item in context with the source alone, less how
+    close each of the two is to anything (their hubness)."""
+    return 2 * similarity - hubness_contextual - hubness_isolated
 
 
 def leak_scores(
@@ -82,20 +85,31 @@ def leak_scores(
     matched: Sequence[torch.Tensor],
     candidates: Sequence[Sequence[int]],
     causal: bool,
+    calibration: Calibration,
 ) -> list[LeakScore]:
     """Score every item: `contextual[i]` and `matched[i]` are item i's rows `(tokens, dim)` in the prompt and
     encoded alone at the same positions; `candidates[i]` the items that could have influenced item i."""
-    c = [item_vector(rows, causal) for rows in contextual]
-    p = [item_vector(rows, causal) for rows in matched]
+    if not contextual:
+        return []
+    c = calibration.transform(torch.stack([item_vector(rows, causal) for rows in contextual]))  # (items, dim)
+    p = calibration.transform(torch.stack([item_vector(rows, causal) for rows in matched]))  # (items, dim)
+    r_c = calibration.hubness_of_contextual(c)  # (items,)
+    r_p = calibration.hubness_of_isolated(p)  # (items,)
+    similarity = (c @ p.T).tolist()  # [i][j]: item i in context vs item j alone
+    relatedness = (p @ p.T).tolist()
     scores = []
     for i, others in enumerate(candidates):
-        pulls = {j: pull(c[i], p[i], p[j]) for j in others}
+        pulls = {
+            j: PullScore(
+                pull_value(similarity[i][j], r_c[i].item(), r_p[j].item()), similarity[i][j], relatedness[i][j]
+            )
+            for j in others
+        }
         if not pulls:
             scores.append(LeakScore(0.0, None, {}))
             continue
         source = max(pulls, key=lambda j: pulls[j].value)
-        score = pulls[source].value
-        scores.append(LeakScore(score, source if score > 0 else None, pulls))
+        scores.append(LeakScore(pulls[source].value, source, pulls))
     return scores
 
 

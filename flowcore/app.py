@@ -35,7 +35,7 @@ def table_rows(result: FlowResult) -> list[list]:
             [
                 entry.item.text,
                 ", ".join(map(str, entry.rows)),
-                round(entry.leak_score, 4),
+                round(entry.leak_score, 4) if entry.leak_score is not None else None,
                 entry.source.text if entry.source else "",
                 round(entry.presence, 3) if entry.presence is not None else None,
                 "patch" if entry.patched else "keep",

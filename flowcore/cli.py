@@ -157,7 +157,7 @@ def format_table(result) -> str:
             (
                 entry.item.text,
                 rows or "-",
-                f"{entry.leak_score:+.3f}",
+                f"{entry.leak_score:+.3f}" if entry.leak_score is not None else "-",
                 entry.source.text if entry.source else "-",
                 f"{entry.presence:.3f}" if entry.presence is not None else "-",
                 ", ".join(token_text(result, r) for r in entry.representative_rows) or "-",
@@ -168,8 +168,7 @@ def format_table(result) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1] for line in lines]
     text.insert(1, "-" * len(text[0]))
-    threshold = result.report.threshold
-    text.append(f"threshold: {'none (detection off)' if threshold == float('inf') else f'{threshold:.4f}'}")
+    text.append(f"threshold: {result.report.describe_threshold()}")
     text += [f"warning: {w}" for w in result.report.warnings]
     return "\n".join(text)
 

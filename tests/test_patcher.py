@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowcore import FlowOptions, FlowPatcher
+from flowcore.encoders.base import ItemRequest
 from flowcore.errors import EncodingMismatchError, OptionsError
 
 ZEBRA = "a crosswalk next to a bus station with a ~standing zebra~"
@@ -19,7 +20,8 @@ def test_marked_item_rows_equal_its_isolated_encoding(patcher, clip_encoder):
     zebra = next(r for r in result.report.items if r.item.text == "standing zebra")
     assert zebra.patched and zebra.reason == "marked ~isolate~"
     assert torch.equal(result.patched[zebra.rows], patcher.isolated("standing zebra").rows)
-    (alone,) = clip_encoder.encode_isolated(["standing zebra"])  # packed with no other item: same up to rounding
+    ids = tuple(t.id for t in clip_encoder.layout("standing zebra").chunks[0])
+    (alone,) = clip_encoder.encode_isolated([ItemRequest("standing zebra", ids)])  # packed alone: same to rounding
     torch.testing.assert_close(result.patched[zebra.rows], alone.rows, atol=1e-5, rtol=1e-4)
     assert changed_rows(result) == zebra.rows
     others = [r for r in range(77) if r not in zebra.rows]
@@ -27,15 +29,26 @@ def test_marked_item_rows_equal_its_isolated_encoding(patcher, clip_encoder):
 
 
 def test_report_has_every_item_with_real_fields(patcher):
-    report = patcher.run(ZEBRA, MARKERS_ONLY).report
+    report = patcher.run(ZEBRA).report
     assert [r.item.text for r in report.items] == ["crosswalk", "bus station", "standing zebra"]
     for entry in report.items:
         assert entry.rows and entry.representative_rows == entry.rows[-1:]
-        assert isinstance(entry.leak_score, float) and -1.0 <= entry.presence <= 1.0
-    assert report.items[0].source is None  # nothing comes before the first item in a causal encoder
-    assert {pull.source.text for pull in report.items[2].pulls} == {"crosswalk", "bus station"}
-    assert not report.items[1].patched and report.items[1].reason == "automatic detection is off"
+        assert -1.0 <= entry.presence <= 1.0
+    first, second, third = report.items
+    assert first.leak_score is None and first.source is None  # nothing comes before it in a causal encoder
+    assert first.reason == "no other item before it in its chunk could have pulled it"
+    assert isinstance(second.leak_score, float) and second.source.text == "crosswalk"
+    assert 0.0 <= second.share_of_unrelated <= 1.0 and "threshold" in second.reason
+    assert {pull.source.text for pull in third.pulls} == {"crosswalk", "bus station"}
+    assert third.patched and third.reason == "marked ~isolate~"
     assert '"standing zebra"' in report.to_json()
+
+
+def test_markers_only_mode_scores_nothing(patcher):
+    report = patcher.run(ZEBRA, MARKERS_ONLY).report
+    assert [r.leak_score for r in report.items] == [None, None, None]
+    assert not report.items[1].patched and report.items[1].reason == "automatic detection is off"
+    assert report.describe_threshold() == "none (automatic detection off)"
 
 
 def test_keep_marker_is_never_patched(patcher):
@@ -54,7 +67,7 @@ def test_prompts_without_patchable_items_return_the_original(patcher, prompt):
 
 def test_items_in_the_second_chunk_map_to_their_rows(patcher, clip_encoder):
     prompt = "photo, " * 40 + "a crosswalk next to a ~zebra~"
-    result = patcher.run(prompt, MARKERS_ONLY)
+    result = patcher.run(prompt, FlowOptions(sensitivity=0.0))  # scores every item, patches only marked ones
     assert result.original.shape == (154, 32)
     zebra = next(r for r in result.report.items if r.item.text == "zebra")
     assert all(row >= 77 for row in zebra.rows)
@@ -102,7 +115,7 @@ def test_rederive_equals_swapping_states_into_every_layer(clip_encoder, clip_mod
     patcher = FlowPatcher(clip_encoder, FlowOptions(detect=False, tail="rederive"), nlp=nlp)
     result = patcher.run("a crosswalk with a ~zebra~")
     (row,) = next(r for r in result.report.items if r.item.text == "zebra").rows
-    (isolated,) = clip_encoder.encode_isolated(["zebra"])
+    isolated = patcher.isolated("zebra")
     ids = clip_encoder.towers[0].chunk_ids(result.layout)
     states = isolated.layers[0][:, 0]  # (layers + 1, hidden)
     hooks = []

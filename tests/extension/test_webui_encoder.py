@@ -6,6 +6,7 @@ import torch
 from modules import sd_hijack, shared
 
 from extension.webui_encoder import WebuiEncoder, escape
+from flowcore.encoders.base import ItemRequest
 
 
 def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
@@ -46,7 +47,7 @@ def test_isolated_items_come_from_one_batched_call(webui, monkeypatch):
     monkeypatch.setattr(
         shared.sd_model, "get_learned_conditioning", lambda texts: calls.append(list(texts)) or original(texts)
     )
-    items = encoder.encode_isolated(["standing zebra", "bus (station)"])
+    items = encoder.encode_isolated([ItemRequest("standing zebra", ()), ItemRequest("bus (station)", ())])
     assert calls == [["standing zebra", "bus \\(station\\)"]]
     with torch.no_grad():
         alone = original(["standing zebra"])[0, 1:3]
