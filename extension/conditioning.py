@@ -19,6 +19,7 @@ import torch
 
 from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.markers import parse_markers, strip_markers
+from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
 from flowcore.report import FlowReport
 
@@ -63,15 +64,18 @@ class Target:
     rows: torch.Tensor  # (rows, dim), a view into the WebUI's cond
     line: str  # the schedule text the WebUI encoded (markers stripped, emphasis syntax kept)
     marked_line: str  # the same text with the user's markers
+    images: list[int] = field(default_factory=list)  # positions in the batch of the images that use it
 
 
 @dataclass
 class PassResult:
-    """What one sampling pass got: the reports per distinct line, and the problems met."""
+    """What one sampling pass got: the reports per distinct line, the items patched in each image (by
+    position in the batch), and the problems met."""
 
     reports: list[FlowReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     patched_conds: int = 0
+    patched_items: dict[int, list[str]] = field(default_factory=dict)
 
 
 def _rows_of(cond) -> torch.Tensor:
@@ -112,33 +116,38 @@ def collect_targets(c, prompts: Sequence[str], marked: Sequence[str], steps_cand
         _, subs, _ = prompt_parser.get_multicond_prompt_list([prompt])
         _, marked_subs, _ = prompt_parser.get_multicond_prompt_list([marked_prompt])
         composables = c.batch[image]
-        if len(subs) != len(composables) or len(marked_subs) != len(subs):
+        if len(subs) != len(composables):
             problems.append(f"image {image + 1}: {len(composables)} AND parts but {len(subs)} in the prompt")
             continue
+        if len(marked_subs) != len(subs):  # a marker made or hid an `AND`: patch without this image's markers
+            problems.append(f"image {image + 1}: its markers change where `AND` splits it; they are ignored")
+            marked_subs = subs
         for sub, marked_sub, composable in zip(subs, marked_subs, composables):
             ends = [entry.end_at_step for entry in composable.schedules]
             plain = schedules_for([sub], steps_candidates, ends)
-            with_markers = schedules_for([marked_sub], steps_candidates, ends)
-            if plain is None or with_markers is None:
+            if plain is None:
                 problems.append(f"{sub!r}: its prompt-editing steps do not match the conds ({ends})")
                 continue
+            with_markers = schedules_for([marked_sub], steps_candidates, ends) if marked_sub != sub else plain
+            if with_markers is None:
+                problems.append(f"{sub!r}: its markers change its prompt editing; they are ignored")
+                with_markers = plain
             for entry, (_, line), (_, marked_line) in zip(composable.schedules, plain[0], with_markers[0]):
-                if strip_markers(marked_line) != line:
-                    problems.append(f"{line!r}: markers across `[...]` or `AND` boundaries")
-                    continue
+                if strip_markers(marked_line) != line:  # a marker across `[...]`: patch the line without them
+                    problems.append(f"{line!r}: markers across `[...]` or `AND` boundaries are ignored")
+                    marked_line = line
                 rows = _rows_of(entry.cond)
-                targets.setdefault(id(rows), Target(rows, line, marked_line))
+                targets.setdefault(id(rows), Target(rows, line, marked_line)).images.append(image)
     return list(targets.values())
 
 
-def needs_core(target: Target, patcher: FlowPatcher) -> bool:
+def needs_core(target: Target, options: FlowOptions) -> bool:
     """Markers only, no markers in the line, no redundant-token removal: nothing to do (no spaCy run)."""
-    options = patcher.options
     return options.detect or options.remove_redundant or target.marked_line != target.line
 
 
 def patch_target(
-    target: Target, encoder: WebuiEncoder, patcher: FlowPatcher
+    target: Target, encoder: WebuiEncoder, patcher: FlowPatcher, options: FlowOptions
 ) -> tuple[torch.Tensor, torch.Tensor, FlowReport]:
     """The rows to write `(changed,)` and their values `(changed, dim)` for one cond, and the report.
 
@@ -162,14 +171,16 @@ def patch_target(
     safe = torch.where(scale == 0, torch.ones_like(scale), scale)
     raw = encoding / safe
     # 3. Core.
-    result = patcher.patch(raw, marked_plain, layout=layout)
+    result = patcher.patch(raw, marked_plain, layout=layout, options=options)
     # 4. Emphasis back, on the changed rows only.
     changed = (result.patched != raw).any(dim=1).nonzero().flatten()
     values = result.patched[changed] * scale[changed]
     return changed, values, result.report
 
 
-def patch_pass(c, prompts, marked, steps_candidates, encoder: WebuiEncoder, patcher: FlowPatcher) -> PassResult:
+def patch_pass(
+    c, prompts, marked, steps_candidates, encoder: WebuiEncoder, patcher: FlowPatcher, options: FlowOptions
+) -> PassResult:
     """Patch every distinct cond of `c` once; prompts that cannot be mapped are skipped (in `problems`).
 
     All values are computed before anything is written, so an error leaves `c` untouched."""
@@ -177,14 +188,17 @@ def patch_pass(c, prompts, marked, steps_candidates, encoder: WebuiEncoder, patc
     targets = collect_targets(c, prompts, marked, steps_candidates, result.problems)
     writes = []
     for target in targets:
-        if PENDING.is_patched(target.rows) or not needs_core(target, patcher):
+        if PENDING.is_patched(target.rows) or not needs_core(target, options):
             continue
         try:
-            changed, values, report = patch_target(target, encoder, patcher)
+            changed, values, report = patch_target(target, encoder, patcher, options)
         except MappingError as error:
             result.problems.append(str(error))
             continue
         result.reports.append(report)
+        for image in target.images:
+            items = result.patched_items.setdefault(image, [])
+            items += [item.text for item in report.patched_items if item.text not in items]
         if len(changed):
             writes.append((target.rows, changed, values))
     for rows, changed, values in writes:

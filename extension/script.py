@@ -14,9 +14,10 @@ and the image is generated unpatched.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from flowcore.markers import strip_markers
+from flowcore.markers import parse_markers, strip_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
 
@@ -37,6 +38,11 @@ STATE_ATTR = "follow_the_flow_state"
 PATCHED_LABEL = "FtF patched"  # infotext: the items patched (informational, not restored)
 SUPPORTED_FAMILIES = ("is_sd1", "is_sd2", "is_sdxl", "is_ssd")
 _said: set[str] = set()
+# Encoders and their patchers live across generations, keyed by the model and what its text transformers
+# compute (a fingerprint of their weights, LoRA merged in; the layers read; the emphasis mode): a repeated
+# prompt costs cache lookups only, and each model is calibrated once (then read from the disk cache).
+_ENCODERS: OrderedDict[tuple, tuple[WebuiEncoder, FlowPatcher]] = OrderedDict()
+MAX_ENCODERS = 2
 
 
 def say_once(key: str, message: str) -> None:
@@ -70,8 +76,22 @@ class GenerationState:
     skip_reason: str = ""
     marked: list[str] | None = None  # this batch's prompts with their markers
     marked_hr: list[str] | None = None
-    patchers: dict = field(default_factory=dict)  # (model, extra networks, width) -> (encoder, patcher)
-    patched_items: list[str] = field(default_factory=list)
+    patched: dict[str, list[str]] = field(default_factory=dict)  # prompt without markers -> items patched
+    said: set[str] = field(default_factory=set)  # problems already logged in this generation
+
+    def note(self, message: str) -> None:
+        """Log a problem once per generation (not once per image, pass and sub-prompt)."""
+        if message not in self.said:
+            self.said.add(message)
+            logger.warning("%s %s", PREFIX, message)
+
+    def patched_infotext(self, all_prompts=None, index=0, **kwargs) -> str | None:
+        """The infotext value of one image (the WebUI calls it with `create_infotext`'s locals): the items
+        patched in that image's prompt, or None (no entry) where none was."""
+        if not all_prompts or not 0 <= index < len(all_prompts):
+            return None
+        items = self.patched.get(strip_markers(all_prompts[index]))
+        return "; ".join(items) if items else None
 
 
 def _steps_candidates(p, hires: bool) -> list[tuple[int, int | None]]:
@@ -88,10 +108,16 @@ def _steps_candidates(p, hires: bool) -> list[tuple[int, int | None]]:
     return list(dict.fromkeys(candidates))
 
 
-def _network_key(data) -> str:
-    if not data:
-        return ""
-    return repr(sorted((name, [getattr(x, "items", x) for x in params]) for name, params in dict(data).items()))
+def encoder_for(sd_model, opts) -> tuple[WebuiEncoder, FlowPatcher]:
+    """The encoder and patcher for the model as it is now (see `_ENCODERS`)."""
+    encoder = WebuiEncoder(sd_model, opts, emphasis=str(getattr(opts, "emphasis", "Original")))
+    key = (id(sd_model), encoder.identity())
+    if key not in _ENCODERS:
+        _ENCODERS[key] = (encoder, FlowPatcher(encoder))
+        while len(_ENCODERS) > MAX_ENCODERS:
+            _ENCODERS.popitem(last=False)
+    _ENCODERS.move_to_end(key)
+    return _ENCODERS[key]
 
 
 class _ScriptBase:
@@ -167,10 +193,13 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
             return
         try:
             state.marked = list(p.prompts)
+            hr_prompts = list(getattr(p, "hr_prompts", None) or [])
+            for prompt in dict.fromkeys(state.marked + hr_prompts):
+                for warning in parse_markers(prompt).warnings:
+                    state.note(warning)
             p.prompts = [strip_markers(prompt) for prompt in p.prompts]
-            hr_prompts = getattr(p, "hr_prompts", None)
             if hr_prompts:
-                state.marked_hr = list(hr_prompts)
+                state.marked_hr = hr_prompts
                 p.hr_prompts = [strip_markers(prompt) for prompt in hr_prompts]
         except Exception as error:
             logger.warning("%s could not remove the markers: %s: %s", PREFIX, type(error).__name__, error)
@@ -185,16 +214,14 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         try:
             result = self._patch(p, state, kwargs["c"], hires)
         except Exception as error:  # nothing was written: patch_pass writes only after computing everything
-            logger.warning(
-                "%s %s left unpatched: %s: %s",
-                PREFIX,
-                name,
-                type(error).__name__,
-                error,
-                exc_info=logger.isEnabledFor(logging.DEBUG),
-            )
+            logger.debug("%s %s left unpatched", PREFIX, name, exc_info=True)
+            state.note(f"{name} left unpatched: {type(error).__name__}: {error}")
             return
-        self._record(p, state, result, name)
+        try:
+            self._record(p, state, result, name)
+        except Exception as error:  # the images are patched; only the infotext or the report is missing
+            logger.debug("%s could not record the %s", PREFIX, name, exc_info=True)
+            state.note(f"could not record what the {name} patched: {type(error).__name__}: {error}")
 
     def _patch(self, p, state: GenerationState, c, hires: bool) -> PassResult:
         from modules import shared
@@ -203,33 +230,20 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         prompts = list(p.hr_prompts if hires else p.prompts)
         marked = state.marked_hr if hires else state.marked
         marked = list(marked) if marked is not None and len(marked) == len(prompts) else prompts
-        # 2. One encoder and patcher per model, extra networks and size (LoRA changes the text encoder).
-        sd_model = shared.sd_model
-        networks = getattr(p, "hr_extra_network_data" if hires else "extra_network_data", None)
-        emphasis = str(getattr(shared.opts, "emphasis", "Original"))
-        key = (id(sd_model), _network_key(networks), p.width, p.height, emphasis)
-        if key not in state.patchers:
-            encoder = WebuiEncoder(sd_model, width=p.width, height=p.height, emphasis=emphasis)
-            state.patchers[key] = (encoder, FlowPatcher(encoder, state.options))
-        encoder, patcher = state.patchers[key]
+        # 2. The encoder and patcher for the model as it is now (LoRA changes the text encoder's weights).
+        encoder, patcher = encoder_for(shared.sd_model, shared.opts)
         # 3. Patch every distinct cond once.
-        return patch_pass(c, prompts, marked, _steps_candidates(p, hires), encoder, patcher)
+        return patch_pass(c, prompts, marked, _steps_candidates(p, hires), encoder, patcher, state.options)
 
     def _record(self, p, state: GenerationState, result: PassResult, name: str) -> None:
-        for report in result.reports:
-            for entry in report.items:
-                if entry.patched and entry.item.text not in state.patched_items:
-                    state.patched_items.append(entry.item.text)
-        if state.patched_items:
-            p.extra_generation_params[PATCHED_LABEL] = "; ".join(state.patched_items)
-        if result.problems:
-            logger.warning(
-                "%s %s: %d prompt part(s) left unpatched, e.g. %s",
-                PREFIX,
-                name,
-                len(result.problems),
-                result.problems[0],
-            )
+        """Remember what each image got (the infotext reads it per image) and log each problem once."""
+        for image, items in result.patched_items.items():
+            patched = state.patched.setdefault(p.prompts[image], [])
+            patched += [item for item in items if item not in patched]
+        if any(state.patched.values()):
+            p.extra_generation_params[PATCHED_LABEL] = state.patched_infotext
+        if result.problems:  # the same problems come back in every pass and batch: one line per generation
+            state.note("in part: " + "; ".join(dict.fromkeys(result.problems)))
         if state.args.show_report:
             lines = [f"Follow the Flow, {name}:"]
             for report in result.reports:

@@ -11,4 +11,4 @@ def before_token_counter(params) -> None:
     Runs on every keystroke, so half-typed markers are not logged.
     """
     if getattr(params, "is_positive", True):
-        params.prompt = strip_markers(params.prompt, warn=False)
+        params.prompt = strip_markers(params.prompt)

@@ -1,28 +1,30 @@
 """A `flowcore.encoders.TextEncoder` over the loaded WebUI model (A1111 SD 1.x, SD 2.x, SDXL).
 
-Every encode goes through the WebUI's own `sd_model.get_learned_conditioning`, so clip skip, emphasis
-mode, textual-inversion embeddings, LoRA and chunking are the WebUI's. Token rows come from the encoder's
-own `tokenize_line`, so `BREAK`, the comma backtrack and embeddings place tokens exactly where the WebUI
-put them.
+Token rows come from the text encoder's own `tokenize_line`, so `BREAK`, the comma backtrack, emphasis and
+textual-inversion embeddings place tokens exactly where the WebUI put them. Encodes (items alone at any
+positions, calibration prompts, the empty prompt) run through the model's own text transformers
+(`webui_towers`), packed into one forward call per transformer, with the WebUI's weights, LoRA, clip skip and
+embedding vectors; the prompt's own encoding is always the WebUI's conditioning itself.
 
 Shapes: a prompt line's encoding is `(rows, dim)` with 77 rows per chunk (BOS, 75 tokens, EOS/padding);
 SDXL's `dim` is CLIP-L then CLIP-G (768 + 1280).
 
 Emphasis: the WebUI multiplies each token row by its weight after the transformer and (mode "Original")
-rescales the whole chunk batch by one factor. `LineLayout.scale` gives each row's factor, so the glue can
-hand the core an emphasis-free encoding and re-apply the factors to the rows the core changed.
+rescales the whole chunk batch by one factor. `row_scale` gives each row's factor, so the glue can hand the
+core an emphasis-free encoding and re-apply the factors to the rows the core changed.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.encoders.base import Encoding, weights_fingerprint
+from flowcore.encoders.clip import TowerEncoder
 from flowcore.layout import CLIP_CHUNKS, ROWS_PER_CHUNK, TOKENS_PER_CHUNK, PromptLayout, Token
+
+from .webui_towers import TextualInversion, towers_for
 
 # CLIP's own pre-tokenization (open_clip SimpleTokenizer and transformers' CLIPTokenizer): BPE runs inside
 # each of these pieces, so tokenizing the pieces one by one gives the ids of the whole text, with offsets.
@@ -51,27 +53,25 @@ def escape(text: str) -> str:
 
 
 def _pretokens(text: str) -> list[tuple[str, int, int]]:
+    """CLIP's pre-tokens of `text` with their spans in `text` itself. The tokenizer lower-cases each piece;
+    matching the original (case-insensitively) keeps the spans right where lower-casing changes a length
+    ("İ" becomes two characters)."""
     try:
         import regex
 
-        return [(m.group(), m.start(), m.end()) for m in regex.finditer(CLIP_PRETOKEN, text.lower())]
+        return [(m.group(), m.start(), m.end()) for m in regex.finditer(CLIP_PRETOKEN, text, flags=regex.IGNORECASE)]
     except ImportError:  # pragma: no cover - transformers depends on regex
         import re
 
         pattern = r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+"
-        return [(m.group(), m.start(), m.end()) for m in re.finditer(pattern, text.lower())]
+        return [(m.group(), m.start(), m.end()) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
 
 
-class WebuiEncoder:
+class WebuiEncoder(TowerEncoder):
     """What `FlowPatcher` calls, implemented with the WebUI's model `sd_model` (A1111, not Forge)."""
 
-    causal = True  # every CLIP the WebUI runs is causal
-    supports_positions = False  # items are encoded as whole prompts, tokens right after BOS
-
-    def __init__(self, sd_model, width: int = 512, height: int = 512, emphasis: str = "Original"):
+    def __init__(self, sd_model, opts, emphasis: str = "Original"):
         self.model = sd_model
-        self.width = width
-        self.height = height
         self.emphasis = emphasis
         self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False) or getattr(sd_model, "is_ssd", False))
         if self.is_sdxl:
@@ -80,27 +80,19 @@ class WebuiEncoder:
             self.clip = sd_model.cond_stage_model
         if not hasattr(self.clip, "tokenize_line"):
             raise MappingError(f"the model's text encoder ({type(self.clip).__name__}) has no `tokenize_line`")
-        self._empty: Encoding | None = None
-        self._widths: list[int] | None = None
-
-    # --- WebUI calls ---
-
-    def _conditioning(self, texts: Sequence[str]) -> torch.Tensor:
-        """`(len(texts), rows, dim)` from one `get_learned_conditioning` call (SDXL: its `crossattn`)."""
-        from modules import devices, prompt_parser, sd_hijack
-
-        hijack = sd_hijack.model_hijack
-        saved = (dict(hijack.extra_generation_params), list(hijack.comments))
+        self.inversion = TextualInversion()
         try:
-            with devices.autocast():
-                conds = self.model.get_learned_conditioning(
-                    prompt_parser.SdConditioning(list(texts), width=self.width, height=self.height)
-                )
-        finally:  # our encodes must not change the infotext (TI hashes, emphasis notes) of the generation
-            hijack.extra_generation_params.clear()
-            hijack.extra_generation_params.update(saved[0])
-            hijack.comments[:] = saved[1]
-        return conds["crossattn"] if isinstance(conds, dict) else conds
+            self.towers = towers_for(sd_model, opts, self.inversion)
+        except (AttributeError, IndexError, ValueError) as error:
+            raise MappingError(f"the model's text transformers cannot be driven directly: {error}") from error
+        self._empty: Encoding | None = None
+
+    def identity(self) -> str:
+        """A sampled fingerprint of the text transformers' weights (a LoRA merged into them changes it), with
+        the layers read and the emphasis mode."""
+        settings = [(type(self).__name__, self.emphasis)]
+        settings += [(type(tower).__name__, tower.layer, tower.final_norm) for tower in self.towers]
+        return weights_fingerprint(*(tower.model for tower in self.towers), settings=settings)
 
     def tokenize_line(self, line: str):
         return self.clip.tokenize_line(line)
@@ -161,7 +153,8 @@ class WebuiEncoder:
                     span = stream[position : position + used]
                     if len(span) != used:
                         raise MappingError("an embedding's tokens run past the prompt")
-                    row_tokens += [Token(0, span[0].start, span[-1].end)] * count
+                    ids = [self.inversion.id_of(fixes[index], k) for k in range(count)]
+                    row_tokens += [Token(i, span[0].start, span[-1].end) for i in ids]
                     position += used
                     index += count
                     continue
@@ -180,46 +173,22 @@ class WebuiEncoder:
         layout = PromptLayout(text=plain, chunks=tuple(placed), format=CLIP_CHUNKS)
         return LineLayout(layout, torch.tensor(multipliers, dtype=torch.float32))
 
-    # --- the TextEncoder protocol ---
+    # --- the TextEncoder protocol (encodes from `TowerEncoder`, under the WebUI's autocast) ---
 
     def layout(self, text: str) -> PromptLayout:
-        return self.line_layout(escape(text)).layout
+        """Plain text (no emphasis syntax) laid out as the WebUI would lay it out."""
+        return self.line_layout(text if self.emphasis == "None" else escape(text)).layout
 
-    def encode(self, layout: PromptLayout) -> Encoding:
-        rows = self._conditioning([escape(layout.text)])[0]
-        return Encoding(rows=rows[: layout.n_rows])
+    def encode_many(self, layout, requests=(), replaced=()):
+        from modules import devices
 
-    def identity(self) -> str:
-        """A sampled fingerprint of the text encoder's weights (a LoRA applied to them changes it), with the
-        clip skip and emphasis settings."""
-        from modules import shared
-
-        text_encoder = self.model.conditioner if self.is_sdxl else self.clip
-        settings = (type(self).__name__, getattr(shared.opts, "CLIP_stop_at_last_layers", 1), self.emphasis)
-        return weights_fingerprint(text_encoder, settings=settings)
-
-    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
-        """Each item's text alone, as a whole prompt, in ONE `get_learned_conditioning` call: rows 1..k of each.
-
-        The texts are plain (escaped, so no emphasis): every multiplier is 1 and the "Original" emphasis
-        rescale of the batch is exactly 1, so batching does not make the texts influence each other."""
-        texts = [request.text for request in requests]
-        if not texts:
-            return []
-        lines = [escape(text) for text in texts]
-        conds = self._conditioning(lines)  # (texts, rows, dim)
-        items = []
-        for index, (text, line) in enumerate(zip(texts, lines)):
-            first_chunk = self.line_layout(line).layout.chunks[0] if text.strip() else ()
-            ids = [token.id for token in first_chunk]
-            items.append(IsolatedItem(text, ids, conds[index, 1 : 1 + len(ids)].float()))
-        return items
+        with devices.autocast():
+            return super().encode_many(layout, requests, replaced)
 
     def empty(self) -> Encoding:
-        """The clean-pad baseline: `get_learned_conditioning([""])` (not the uc: an empty SDXL negative
-        prompt is all zeros)."""
+        """The clean-pad baseline: the empty prompt through the same layers (computed once per encoder)."""
         if self._empty is None:
-            self._empty = Encoding(rows=self._conditioning([""])[0, :ROWS_PER_CHUNK].float())
+            self._empty = super().empty()
         return self._empty
 
     def rederive(self, layout: PromptLayout, replaced) -> Encoding:
@@ -227,15 +196,9 @@ class WebuiEncoder:
 
     # --- emphasis ---
 
-    def tower_widths(self, dim: int) -> list[int]:
+    def tower_widths(self) -> list[int]:
         """The widths of the concatenated encoders (SDXL: CLIP-L then CLIP-G), each with its own rescale."""
-        if not self.is_sdxl:
-            return [dim]
-        with contextlib.suppress(AttributeError):
-            first = int(self.clip.wrapped.transformer.config.hidden_size)
-            if 0 < first < dim:
-                return [first, dim - first]
-        return [768, dim - 768] if dim > 768 else [dim]
+        return [tower.width for tower in self.towers]
 
     def row_scale(self, encoding: torch.Tensor, line: LineLayout) -> torch.Tensor:
         """Each row's emphasis factor `(rows, dim)`: its token's multiplier times its chunk's rescale.
@@ -253,7 +216,7 @@ class WebuiEncoder:
         for chunk in range(rows // ROWS_PER_CHUNK):
             bos = encoding[chunk * ROWS_PER_CHUNK].float()
             first = 0
-            for width in self.tower_widths(dim):
+            for width in self.tower_widths():
                 reference = bos_empty[first : first + width]
                 norm = torch.dot(reference, reference)
                 factor = torch.dot(bos[first : first + width], reference) / norm if norm > 0 else 1.0

@@ -11,12 +11,9 @@ markers (unclosed, nested, empty) are kept as plain text and reported as warning
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from flowcore.items import ISOLATE, KEEP
-
-logger = logging.getLogger(__name__)
 
 MARKER_KINDS = {"~": ISOLATE, "^": KEEP}
 
@@ -73,11 +70,11 @@ def _find_pairs(prompt: str, warnings: list[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def parse_markers(prompt: str, warn: bool = True) -> MarkedPrompt:
+def parse_markers(prompt: str) -> MarkedPrompt:
     """Remove well-formed markers from `prompt` and return the clean text with the marked spans in it.
 
-    Malformed markers are logged as warnings unless `warn` is False (e.g. for a token counter that runs
-    on every keystroke, while a marker is half typed); they are in `.warnings` either way.
+    Malformed markers are kept as text and described in `.warnings`; nothing is logged here, so that a
+    caller that parses the same prompt several times (a host, per image and pass) reports each problem once.
     """
     warnings: list[str] = []
     pairs = _find_pairs(prompt, warnings)
@@ -99,14 +96,12 @@ def parse_markers(prompt: str, warn: bool = True) -> MarkedPrompt:
         while end > start and text[end - 1].isspace():
             end -= 1
         spans.append(MarkedSpan(start, end, MARKER_KINDS[prompt[open_at]]))
-    for warning in warnings if warn else ():
-        logger.warning(warning)
     return MarkedPrompt(text=text, spans=tuple(spans), warnings=tuple(warnings))
 
 
-def strip_markers(prompt: str, warn: bool = True) -> str:
+def strip_markers(prompt: str) -> str:
     """The prompt without its well-formed markers (what the encoder sees)."""
-    return parse_markers(prompt, warn).text
+    return parse_markers(prompt).text
 
 
 def has_markers(prompt: str) -> bool:

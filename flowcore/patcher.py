@@ -234,7 +234,7 @@ class FlowPatcher:
 
         # 2. Map items to rows; items without rows (or across a chunk boundary) are reported and left alone.
         placed = []
-        for item in self._segment(marked):
+        for item in self._segment(marked, parse=options.detect or options.remove_redundant):
             rows = layout.item_rows(item.start, item.end)
             problem = self._placement_problem(rows, layout)
             if problem:
@@ -314,7 +314,7 @@ class FlowPatcher:
             return cached
         layout = self.encoder.layout(marked.text)
         if hasattr(self.encoder, "encode_many"):
-            placed = self._placed(self._segment(marked), layout)
+            placed = self._placed(self._segment(marked, parse=options.detect or options.remove_redundant), layout)
             wanted = [
                 request for request in self._requests(placed, layout, options) if self._isolated.get(request) is None
             ]
@@ -357,11 +357,12 @@ class FlowPatcher:
         """The item alone at its own positions, where the encoder can place it (else right after the start)."""
         return entry.request if self._can_position() else entry.patch_request
 
-    def _segment(self, marked: MarkedPrompt) -> list[LexicalItem]:
-        key = (marked.text, marked.spans)
+    def _segment(self, marked: MarkedPrompt, parse: bool = True) -> list[LexicalItem]:
+        """The prompt's items (cached); with `parse=False` only its marked spans (markers only: no spaCy run)."""
+        key = (marked.text, marked.spans, parse)
         items = self._items.get(key)
         if items is None:
-            items = segment_marked(marked, self.nlp)
+            items = segment_marked(marked, self.nlp, parse)
             self._items.put(key, items)
         return items
 

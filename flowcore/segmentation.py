@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from flowcore.errors import SPACY_MODEL_MISSING, ModelNotFoundError
 from flowcore.items import LexicalItem
+from flowcore.layout import BREAK_PATTERN
 from flowcore.markers import MarkedPrompt, parse_markers
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def load_nlp(name: str | None = None) -> Language:
 
 def _is_head(token) -> bool:
     """Whether a token is the noun that names an item (not a part of another noun's item)."""
-    return token.pos_ in {"NOUN", "PROPN"} and token.dep_ not in NOUN_PART_DEPS and token.text != "BREAK"
+    return token.pos_ in {"NOUN", "PROPN"} and token.dep_ not in NOUN_PART_DEPS
 
 
 def _item_tokens(head) -> list:
@@ -78,28 +79,43 @@ def _item_tokens(head) -> list:
     return tokens
 
 
+def _pieces(text: str) -> list[tuple[int, str]]:
+    """The stretches of `text` between the WebUI's `BREAK` keywords, with their offsets: each is parsed on
+    its own, so that the keyword never becomes part of a sentence ("a bus station BREAK with a zebra")."""
+    pieces, position = [], 0
+    for match in [*BREAK_PATTERN.finditer(text), None]:
+        end = match.start() if match else len(text)
+        if text[position:end].strip():
+            pieces.append((position, text[position:end]))
+        position = match.end() if match else len(text)
+    return pieces
+
+
 def _parser_items(text: str, nlp: Language) -> list[LexicalItem]:
     """Items from the parser alone, for marker-free text: one per head noun, with its left modifiers."""
     items = []
-    for token in nlp(text):
-        if not _is_head(token):
-            continue
-        tokens = _item_tokens(token)
-        if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
-            continue  # "to the right of", "in front of", "on top of": a location, not a concept
-        if not any(t.is_alpha for t in tokens):
-            continue
-        start, end = tokens[0].idx, tokens[-1].idx + len(tokens[-1].text)
-        items.append(LexicalItem(text=text[start:end], start=start, end=end, head=token.text))
+    pieces = _pieces(text)
+    for (offset, _), doc in zip(pieces, nlp.pipe(piece for _, piece in pieces)):
+        for token in doc:
+            if not _is_head(token):
+                continue
+            tokens = _item_tokens(token)
+            if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
+                continue  # "to the right of", "in front of", "on top of": a location, not a concept
+            if not any(t.is_alpha for t in tokens):
+                continue
+            start, end = offset + tokens[0].idx, offset + tokens[-1].idx + len(tokens[-1].text)
+            items.append(LexicalItem(text=text[start:end], start=start, end=end, head=token.text))
     return items
 
 
-def segment_marked(marked: MarkedPrompt, nlp: Language | None = None) -> list[LexicalItem]:
-    """Items of an already parsed prompt: the parser's, with marked spans overriding what they overlap."""
+def segment_marked(marked: MarkedPrompt, nlp: Language | None = None, parse: bool = True) -> list[LexicalItem]:
+    """Items of an already parsed prompt: the parser's, with marked spans overriding what they overlap.
+    With `parse=False` only the marked spans (no spaCy run: what "markers only" needs)."""
     text = marked.text
     if not text.strip():
         return []
-    items = _parser_items(text, nlp or load_nlp())
+    items = _parser_items(text, nlp or load_nlp()) if parse else []
     for span in marked.spans:
         items = [item for item in items if not item.overlaps(span.start, span.end)]
         span_text = text[span.start : span.end]

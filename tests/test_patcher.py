@@ -44,10 +44,12 @@ def test_report_has_every_item_with_real_fields(patcher):
     assert '"standing zebra"' in report.to_json()
 
 
-def test_markers_only_mode_scores_nothing(patcher):
+def test_markers_only_mode_parses_and_scores_nothing(patcher, monkeypatch):
+    from flowcore import segmentation
+
+    monkeypatch.setattr(segmentation, "_parser_items", lambda *a: pytest.fail("markers only ran the parser"))
     report = patcher.run(ZEBRA, MARKERS_ONLY).report
-    assert [r.leak_score for r in report.items] == [None, None, None]
-    assert not report.items[1].patched and report.items[1].reason == "automatic detection is off"
+    assert [(r.item.text, r.leak_score, r.patched) for r in report.items] == [("standing zebra", None, True)]
     assert report.describe_threshold() == "none (automatic detection off)"
 
 

@@ -104,7 +104,7 @@ def reference_rows(encoder: GenericEncoder, ids: list[int], start: int) -> torch
 
 
 def test_every_item_is_encoded_alone_with_the_token_ids_it_has_in_the_prompt(encoder, nlp):
-    result = FlowPatcher(encoder, FlowOptions(detect=False), nlp=nlp).run(PROMPT)
+    result = FlowPatcher(encoder, FlowOptions(sensitivity=0.0), nlp=nlp).run(PROMPT)  # every item, marked patched
     layout = result.layout
     assert [entry.item.text for entry in result.report.items] == ["baseball game", "bats", "red car"]
     for entry in result.report.items:

@@ -1,4 +1,6 @@
-"""CLIP text encoder adapters: `ClipEncoder` (SD 1.x / 2.x) and `SdxlEncoder` (SDXL's two encoders).
+"""CLIP text encoder adapters: `ClipEncoder` (SD 1.x / 2.x) and `SdxlEncoder` (SDXL's two encoders), built
+on `Tower` (one causal transformer run over packed blocks) and `TowerEncoder` (towers side by side), which
+host glues reuse to drive a host's own text transformers.
 
 Conventions (as the WebUI and diffusers use them):
 - SD 1.x / 2.x: the last layer after the final layer norm; with clip skip k, hidden state `-k` (k=1 is the
@@ -54,31 +56,51 @@ class BlockOutput:
     layers: torch.Tensor
 
 
-class ClipTower:
-    """One CLIP text transformer, run layer by layer over blocks packed into one sequence.
+class Tower:
+    """One causal text transformer, run layer by layer over blocks packed into one sequence.
 
     `layer` indexes the hidden states `(embeddings, layer 1, ..., layer N)` the way Python indexes a list
     (-1 is the last layer); `final_norm` says whether the final layer norm is applied to it. Blocks (the
     prompt's 77-token chunks, items alone) share a forward call under a block-causal mask, so each block
     is computed as if alone while the weights are read once: on a CPU a forward call of a few tokens
     costs a third of a 77-token one, so fewer calls is what keeps flowcore cheap.
+
+    Subclasses say how their transformer embeds tokens and positions, runs a layer and applies its final
+    norm: `ClipTower` for transformers' CLIP; a host glue adds its own (the WebUI's OpenCLIP).
     """
 
-    def __init__(self, tokenizer, text_model, layer: int = -1, final_norm: bool = True):
-        self.tokenizer = tokenizer
-        self.model = text_model
-        core = text_model
-        while not hasattr(core, "embeddings") and hasattr(core, "text_model"):
-            core = core.text_model  # transformers 4.x nests a CLIPTextTransformer; 5.x does not
-        self.core = core
-        self.layers = core.encoder.layers
+    def __init__(
+        self, model: torch.nn.Module, layers, layer: int, final_norm: bool, bos_id: int, eos_id: int, pad_id: int
+    ):
+        self.model = model
+        self.layers = layers
         self.layer = layer
         self.final_norm = final_norm
-        self.projection = getattr(text_model, "text_projection", None)
-        self.bos_id = tokenizer.bos_token_id
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self._legacy_layer_call = "causal_attention_mask" in inspect.signature(self.layers[0].forward).parameters
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`(1, seq, hidden)` for ids `(1, seq)`."""
+        raise NotImplementedError
+
+    def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """`(1, seq, hidden)` for position ids `(1, seq)`, which may skip and restart."""
+        raise NotImplementedError
+
+    def run_layer(self, layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One transformer layer over `(1, seq, hidden)` under the mask from `attention_mask`."""
+        raise NotImplementedError
+
+    def final_layer_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def width(self) -> int:
+        """The width of the rows this tower outputs."""
+        raise NotImplementedError
+
+    def attention_mask(self, lengths: Sequence[int]) -> torch.Tensor:
+        """The block-causal additive mask `(1, 1, seq, seq)` of packed blocks of these lengths."""
+        return _block_causal_mask(lengths, self.dtype, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -117,18 +139,10 @@ class ClipTower:
         `replace` holds `(position, states)` with `states` of shape `(layers + 1, hidden)`: after the
         embeddings and after every layer, that position's state is overwritten.
         """
-        # CLIPTextEmbeddings.forward refuses sequences over 77 even with restarting positions, so the two
-        # embeddings it sums are looked up directly.
-        embeddings = self.core.embeddings
-        hidden = embeddings.token_embedding(input_ids) + embeddings.position_embedding(position_ids)
+        hidden = self.token_embeddings(input_ids) + self.position_embeddings(position_ids)
         states = [self._replace(hidden, 0, replace)]
         for depth, layer in enumerate(self.layers, start=1):
-            if self._legacy_layer_call:
-                out = layer(states[-1], mask, causal_attention_mask=None)
-            else:
-                out = layer(states[-1], mask)
-            hidden = out[0] if isinstance(out, tuple) else out
-            states.append(self._replace(hidden, depth, replace))
+            states.append(self._replace(self.run_layer(layer, states[-1], mask), depth, replace))
         return states
 
     @staticmethod
@@ -143,13 +157,7 @@ class ClipTower:
     def output(self, states: list[torch.Tensor]) -> torch.Tensor:
         """The conditioning rows: the chosen layer, with the final norm where the convention asks for it."""
         chosen = states[self.layer]
-        return self.core.final_layer_norm(chosen) if self.final_norm else chosen
-
-    def pooled(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        """The pooled vector from an EOS token's last hidden state `(hidden,)`: final norm, then the
-        projection where the model has one."""
-        vector = self.core.final_layer_norm(last_hidden)
-        return self.projection(vector) if self.projection is not None else vector
+        return self.final_layer_norm(chosen) if self.final_norm else chosen
 
     @torch.no_grad()
     def run_blocks(
@@ -175,7 +183,7 @@ class ClipTower:
             positions = torch.tensor([[p for i in group for p in blocks[i].positions]], device=device)
             first = dict(zip(group, starts))
             swaps = [(first[b] + offset, states) for b, offset, states in replace if b in first]
-            states = self.hidden_states(ids, positions, _block_causal_mask(lengths, self.dtype, device), swaps)
+            states = self.hidden_states(ids, positions, self.attention_mask(lengths), swaps)
             rows = self.output(states)[0]  # (seq, dim)
             stacked = torch.stack(states)[:, 0]  # (layers + 1, seq, hidden)
             for index, start, length in zip(group, starts, lengths):
@@ -183,13 +191,57 @@ class ClipTower:
         return [outputs[index] for index in range(len(blocks))]
 
 
-class _ClipTowers:
-    """Shared machinery of `ClipEncoder` and `SdxlEncoder`: one or more towers whose outputs are concatenated."""
+class ClipTower(Tower):
+    """A transformers CLIP text model (`CLIPTextModel`, `CLIPTextModelWithProjection`) as a `Tower`."""
+
+    def __init__(self, tokenizer, text_model, layer: int = -1, final_norm: bool = True):
+        core = text_model
+        while not hasattr(core, "embeddings") and hasattr(core, "text_model"):
+            core = core.text_model  # transformers 4.x nests a CLIPTextTransformer; 5.x does not
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        super().__init__(
+            text_model, core.encoder.layers, layer, final_norm, tokenizer.bos_token_id, tokenizer.eos_token_id, pad_id
+        )
+        self.tokenizer = tokenizer
+        self.core = core
+        self.projection = getattr(text_model, "text_projection", None)
+        self._legacy_layer_call = "causal_attention_mask" in inspect.signature(self.layers[0].forward).parameters
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # CLIPTextEmbeddings.forward refuses sequences over 77 even with restarting positions, so its two
+        # embeddings are looked up directly.
+        return self.core.embeddings.token_embedding(input_ids)
+
+    def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.core.embeddings.position_embedding(position_ids)
+
+    def run_layer(self, layer: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, mask, causal_attention_mask=None) if self._legacy_layer_call else layer(hidden, mask)
+        return out[0] if isinstance(out, tuple) else out  # transformers 4.x returns tuples
+
+    def final_layer_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.core.final_layer_norm(hidden)
+
+    @property
+    def width(self) -> int:
+        return int(self.core.embeddings.position_embedding.embedding_dim)
+
+    def pooled(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """The pooled vector from an EOS token's last hidden state `(hidden,)`: final norm, then the
+        projection where the model has one."""
+        vector = self.final_layer_norm(last_hidden)
+        return self.projection(vector) if self.projection is not None else vector
+
+
+class TowerEncoder:
+    """A `TextEncoder` over one or more `Tower`s whose outputs are concatenated (SDXL: CLIP-L then CLIP-G):
+    the machinery of `ClipEncoder` and `SdxlEncoder`, and of host glues that drive a host's own towers.
+    Subclasses set `towers` (and `pooled_tower` where the model has a pooled vector)."""
 
     causal = True
     supports_positions = True
-    towers: list[ClipTower]
-    pooled_tower: ClipTower | None = None
+    towers: list[Tower]
+    pooled_tower: Tower | None = None
 
     def layout(self, text: str) -> PromptLayout:
         return layout_prompt(self.towers[0].tokenizer, text, CLIP_CHUNKS)
@@ -252,7 +304,7 @@ class _ClipTowers:
         return self.encode_many(layout, (), replaced)[0]
 
 
-class ClipEncoder(_ClipTowers):
+class ClipEncoder(TowerEncoder):
     """SD 1.x / 2.x text encoder: `clip_skip=1` is the last layer, 2 the penultimate; final norm applied."""
 
     def __init__(self, tokenizer, text_model, clip_skip: int = 1):
@@ -264,7 +316,7 @@ class ClipEncoder(_ClipTowers):
         self.pooled_tower = self.towers[0]
 
 
-class SdxlEncoder(_ClipTowers):
+class SdxlEncoder(TowerEncoder):
     """SDXL's pair of encoders: penultimate layers of both, no final norm, concatenated; pooled from the second."""
 
     def __init__(self, tokenizer_1, text_model_1, tokenizer_2, text_model_2):

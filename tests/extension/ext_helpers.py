@@ -33,14 +33,15 @@ def isolated(text):
     model = shared.sd_model
     with torch.no_grad():
         cond = crossattn(model.get_learned_conditioning([text]))[0]
-    k = len(model_tokenizer()([text], add_special_tokens=False)["input_ids"][0])
+    chunks, _ = text_encoder().tokenize_line(text)
+    k = chunks[0].tokens.index(text_encoder().id_end) - 1  # textual-inversion vectors count as tokens
     return cond[1 : 1 + k]
 
 
-def model_tokenizer():
+def text_encoder():
+    """The WebUI's hijacked text encoder with `tokenize_line` (SDXL: CLIP-L)."""
     model = shared.sd_model
-    clip = model.conditioner.embedders[0] if getattr(model, "is_sdxl", False) else model.cond_stage_model
-    return clip.wrapped.tokenizer
+    return model.conditioner.embedders[0] if getattr(model, "is_sdxl", False) else model.cond_stage_model
 
 
 def changed_rows(patched, original):

@@ -10,7 +10,7 @@ from flowcore.encoders.base import ItemRequest
 
 
 def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
-    encoder = WebuiEncoder(shared.sd_model)
+    encoder = WebuiEncoder(shared.sd_model, shared.opts)
     line = encoder.line_layout("a (big:1.2) \\(red\\) car BREAK a [tiny] dog")
     layout = line.layout
     assert layout.text == "a big (red) car BREAK a tiny dog"
@@ -23,7 +23,7 @@ def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
 
 
 def test_textual_inversion_rows_map_to_the_embedding_name(webui, monkeypatch):
-    encoder = WebuiEncoder(shared.sd_model)
+    encoder = WebuiEncoder(shared.sd_model, shared.opts)
     zebra = encoder.clip.tokenize(["zebra"])[0][0]
 
     class Embedding:
@@ -36,20 +36,53 @@ def test_textual_inversion_rows_map_to_the_embedding_name(webui, monkeypatch):
     monkeypatch.setattr(sd_hijack.model_hijack.embedding_db, "find_embedding_at_position", find)
     layout = encoder.line_layout("a standing zebra on grass").layout
     rows = layout.rows_for_span(11, 16)  # "zebra": its three embedding vectors
-    assert rows == [3, 4, 5] and [t.id for _, t in layout.token_rows()][2:5] == [0, 0, 0]
+    assert rows == [3, 4, 5] and [t.id for _, t in layout.token_rows()][2:5] == [-1, -2, -3]  # its 3 vectors
     assert layout.rows_for_span(20, 25) == [7]  # "grass" after them
 
 
-def test_isolated_items_come_from_one_batched_call(webui, monkeypatch):
-    encoder = WebuiEncoder(shared.sd_model)
-    calls = []
-    original = shared.sd_model.get_learned_conditioning
-    monkeypatch.setattr(
-        shared.sd_model, "get_learned_conditioning", lambda texts: calls.append(list(texts)) or original(texts)
-    )
-    items = encoder.encode_isolated([ItemRequest("standing zebra", ()), ItemRequest("bus (station)", ())])
-    assert calls == [["standing zebra", "bus \\(station\\)"]]
+def _ids(encoder, text):
+    return tuple(encoder.clip.tokenize([text])[0])
+
+
+def test_items_alone_equal_the_webuis_own_encode_of_their_text(webui):
+    for clip_skip in (1, 2):
+        shared.opts.CLIP_stop_at_last_layers = clip_skip
+        encoder = WebuiEncoder(shared.sd_model, shared.opts)
+        zebra, station = (ItemRequest(text, _ids(encoder, text)) for text in ("standing zebra", "bus (station)"))
+        items = encoder.encode_isolated([zebra, station])
+        with torch.no_grad():
+            reference = shared.sd_model.get_learned_conditioning(["standing zebra", "bus \\(station\\)"])
+        torch.testing.assert_close(items[0].rows, reference[0, 1:3], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(items[1].rows, reference[1, 1:5], atol=1e-5, rtol=1e-4)
+    shared.opts.CLIP_stop_at_last_layers = 1
+
+
+def test_items_alone_sit_at_their_prompt_positions(webui):
+    """Against the model's own forward pass with the position ids written out (clip skip 2: the penultimate
+    layer, then the final norm)."""
+    shared.opts.CLIP_stop_at_last_layers = 2
+    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    ids = _ids(encoder, "standing zebra")
+    (item,) = encoder.encode_isolated([ItemRequest("standing zebra", ids, start=7)])
+    transformer = shared.sd_model.cond_stage_model.wrapped.transformer
     with torch.no_grad():
-        alone = original(["standing zebra"])[0, 1:3]
-    assert torch.allclose(items[0].rows, alone, atol=1e-5) and len(items[1].token_ids) == 4
-    assert encoder.empty().rows.shape == (77, alone.shape[-1])
+        out = transformer(
+            torch.tensor([[49406, *ids]]), position_ids=torch.tensor([[0, 7, 8]]), output_hidden_states=True
+        )
+        expected = getattr(transformer, "text_model", transformer).final_layer_norm(out.hidden_states[-2])[0, 1:]
+    torch.testing.assert_close(item.rows, expected, atol=1e-5, rtol=1e-4)
+    shared.opts.CLIP_stop_at_last_layers = 1
+
+
+def test_items_alone_take_one_forward_call_whatever_their_number(webui):
+    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    calls = []
+    first_layer = encoder.towers[0].layers[0]
+    handle = first_layer.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    try:
+        requests = [ItemRequest(text, _ids(encoder, text), start) for text, start in [("zebra", 5), ("bus station", 2)]]
+        encoder.encode_isolated(requests)
+    finally:
+        handle.remove()
+    assert calls == [torch.Size([1, 2 + 3, 32])]  # [BOS zebra] and [BOS bus station], packed
+    assert encoder.empty().rows.shape == (77, 32)

@@ -1,7 +1,7 @@
 """Build a WebUI stand-in with a tiny random-weight model and drive a txt2img through it.
 
     import standin
-    webui = standin.WebUI("sd1")            # or "sdxl"; installs the stand-in modules
+    webui = standin.WebUI("sd1")            # or "sd2", "sdxl"; installs the stand-in modules
     webui.add_script(MyScript)              # or webui.load_script_file(path)
     res = webui.txt2img(prompt="a cat AND a dog", steps=4,
                         alwayson={"my script": [True, 0.5]})
@@ -47,10 +47,14 @@ def install():
 
 install()
 
+import extra_networks_lora  # noqa: E402
+import networks  # noqa: E402
+import open_clip_text  # noqa: E402
 import torch  # noqa: E402
 from modules import errors, extra_networks, processing, prompt_parser, script_callbacks, scripts, sd_hijack, shared  # noqa: E402
-from modules.sd_models import StandinSD1Model  # noqa: E402
+from modules.sd_models import StandinSD1Model, StandinSD2Model  # noqa: E402
 from modules.sd_models_xl import StandinSDXLModel  # noqa: E402
+from modules.textual_inversion import textual_inversion  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 # ------------------------------------------------------------------------------------------
@@ -116,18 +120,29 @@ def tiny_clip_with_projection(seed=1, **kw) -> CLIPTextModelWithProjection:
     return _randomize_layer_norms(CLIPTextModelWithProjection(clip_config(**kw)).eval(), seed)
 
 
+def tiny_open_clip(seed=0, width=48, layers=3, heads=4, embed_dim=None) -> open_clip_text.CLIP:
+    """An open_clip text tower (SD2: ViT-H-14, 1024 wide, 24 layers; SDXL G: ViT-bigG-14, 1280, 32)."""
+    torch.manual_seed(seed)
+    model = open_clip_text.CLIP(embed_dim or width, width, layers, heads).eval()
+    return _randomize_layer_norms(model, seed)
+
+
 def make_sd1_model(seed=0, hidden_size=32, layers=2, name="standin-sd1") -> StandinSD1Model:
     """``name`` is the checkpoint name: it is part of the cond cache key."""
     return StandinSD1Model(shared_tokenizer(), tiny_clip(seed, hidden_size=hidden_size, layers=layers), name=name)
 
 
+def make_sd2_model(seed=0, width=40, layers=3, heads=4, name="standin-sd2") -> StandinSD2Model:
+    """Conds (B, 77k, width) (SD2: 1024) from the penultimate block + ``ln_final``."""
+    return StandinSD2Model(shared_tokenizer(), tiny_open_clip(seed, width=width, layers=layers, heads=heads), name=name)
+
+
 def make_sdxl_model(seed=0, dim_l=32, dim_g=48, layers=3, size_dim=8, name="standin-sdxl") -> StandinSDXLModel:
     """crossattn width dim_l + dim_g (SDXL: 768 + 1280), vector width dim_g + 3 * 2 * size_dim
-    (SDXL: 1280 + 3 * 512). Both encoders have ``layers`` layers, so "penultimate" is real."""
+    (SDXL: 1280 + 3 * 512). Both encoders have ``layers`` layers, so "penultimate" is real.
+    CLIP-L is an HF ``CLIPTextModel``, G an open_clip text tower (``tiny_open_clip``)."""
     clip_l = tiny_clip(seed, hidden_size=dim_l, layers=layers)
-    clip_g = tiny_clip_with_projection(
-        seed + 1, hidden_size=dim_g, layers=layers, heads=4, intermediate=53, projection_dim=dim_g, act="gelu"
-    )
+    clip_g = tiny_open_clip(seed + 1, width=dim_g, layers=layers, heads=4, embed_dim=dim_g)
     return StandinSDXLModel(shared_tokenizer(), clip_l, clip_g, size_dim=size_dim, name=name)
 
 
@@ -149,6 +164,14 @@ def reset():
     errors.reported.clear()
     shared.reset_opts()
     sd_hijack.model_hijack.clear_comments()
+    sd_hijack.model_hijack.fixes = None
+    sd_hijack.model_hijack.embedding_db.standin_clear()
+    networks.clear()
+    # what the built-in Lora extension registers at startup
+    networks.install_patches()
+    extra_networks.initialize()
+    extra_networks.register_extra_network(extra_networks_lora.ExtraNetworkLora())
+    script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
 
 
 class WebUI:
@@ -158,10 +181,13 @@ class WebUI:
         if fresh:
             reset()
         if model is None:
-            model = make_sdxl_model(seed) if family == "sdxl" else make_sd1_model(seed)
+            model = {"sd1": make_sd1_model, "sd2": make_sd2_model, "sdxl": make_sdxl_model}[family](seed)
         self.model = model
         shared.sd_model = model
         sd_hijack.model_hijack.hijack(model)
+        # what loading a checkpoint does: model_loaded callbacks (Lora layer names), embeddings reloaded
+        script_callbacks.model_loaded_callback(model)
+        sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
         self.runner: scripts.ScriptRunner | None = None
         if with_xyz_grid:
             scripts.load_script_file(str(HERE / "builtin_scripts" / "xyz_grid.py"))
@@ -238,8 +264,49 @@ class WebUI:
         return max((sd_hijack.model_hijack.get_prompt_lengths(t) for t in texts), key=lambda x: x[0])
 
 
+def add_embedding(name, vectors=1, seed=0, scale=0.5, model=None) -> textual_inversion.Embedding:
+    """Put a textual-inversion embedding ``name`` with ``vectors`` random vectors (N(0, scale^2),
+    from ``seed``) for the loaded model's encoders into the embeddings folder and reload it (as the
+    WebUI does when the folder changes: every embedding object is created anew); returns the new
+    ``Embedding`` (or the skipped one when its width does not fit the model). Its ``vec`` is
+    ``(vectors, dim)`` (SD1/SD2) or ``{"clip_l": (vectors, dim_l), "clip_g": (vectors, dim_g)}`` (SDXL)."""
+    model = model or shared.sd_model
+    generator = torch.Generator().manual_seed(seed)
+
+    def width(token_embedding):
+        return token_embedding.wrapped.embedding_dim
+
+    if getattr(model, "is_sdxl", False):
+        embedder_l, embedder_g = model.conditioner.embedders[0], model.conditioner.embedders[1]
+        dim_l = width(embedder_l.wrapped.transformer.get_input_embeddings())
+        dim_g = width(embedder_g.wrapped.model.token_embedding)
+        data = {
+            "clip_l": scale * torch.randn(vectors, dim_l, generator=generator),
+            "clip_g": scale * torch.randn(vectors, dim_g, generator=generator),
+        }
+    else:
+        wrapped = model.cond_stage_model.wrapped
+        if hasattr(wrapped, "transformer"):
+            dim = width(wrapped.transformer.get_input_embeddings())
+        else:
+            dim = width(wrapped.model.token_embedding)
+        data = {"string_to_param": {"*": scale * torch.randn(vectors, dim, generator=generator)}}
+    db = sd_hijack.model_hijack.embedding_db
+    db.standin_files[f"{name}.safetensors"] = data
+    db.standin_files_changed = True
+    db.load_textual_inversion_embeddings()
+    return db.word_embeddings.get(name) or db.skipped_embeddings[name]
+
+
+def add_lora(name, seed=0, rank=4, scale=0.1) -> networks.NetworkOnDisk:
+    """Put a synthetic LoRA ``name`` into the Lora folder: ``<lora:name:m>`` then adds
+    ``m * scale * up @ down`` (rank ``rank``, from ``seed`` and each layer's name) to every Linear
+    and MultiheadAttention of the text encoders (see ``networks``)."""
+    return networks.register_network(name, seed=seed, rank=rank, scale=scale)
+
+
 def text_encoder(model=None):
-    """The object with ``tokenize_line``: A1111 SD1 ``cond_stage_model``, SDXL
+    """The object with ``tokenize_line``: A1111 SD1/SD2 ``cond_stage_model``, SDXL
     ``conditioner.embedders[0]`` (CLIP-L)."""
     model = model or shared.sd_model
     if getattr(model, "is_sdxl", False):

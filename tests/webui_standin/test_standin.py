@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import standin  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from modules import errors, prompt_parser, script_callbacks, scripts, shared  # noqa: E402
 from modules.processing import StableDiffusionProcessing  # noqa: E402
 
@@ -129,6 +130,34 @@ def sdxl():
     return standin.WebUI("sdxl")
 
 
+def open_clip_by_hand(model, ids, token_rows=None):
+    """An open_clip text tower computed from its raw parameters, batch-first: token (or the given
+    ``token_rows``) + position embeddings, then per block pre-LN causal multi-head attention and a
+    pre-LN GELU MLP, each added to the residual. Returns every block's input and the last block's
+    output (no ln_final)."""
+    table = getattr(model.token_embedding, "wrapped", model.token_embedding).weight
+    x = (table[ids] if token_rows is None else token_rows) + model.positional_embedding
+    n, length, width = x.shape
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    states = [x]
+    for block in model.transformer.resblocks:
+        heads = block.attn.num_heads
+        h = F.layer_norm(x, (width,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+        q, k, v = (h @ block.attn.in_proj_weight.T + block.attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / (width // heads) ** 0.5 + causal, dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(n, length, width)
+        x = x + attended @ block.attn.out_proj.weight.T + block.attn.out_proj.bias
+        h = F.layer_norm(x, (width,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+        x = (
+            x
+            + F.gelu(h @ block.mlp.c_fc.weight.T + block.mlp.c_fc.bias) @ block.mlp.c_proj.weight.T
+            + block.mlp.c_proj.bias
+        )
+        states.append(x)
+    return states
+
+
 def test_tokenizer_is_real_clip_bpe():
     tok = standin.shared_tokenizer()
     assert len(tok) == 49408
@@ -208,10 +237,12 @@ def test_sdxl_conditioning(sdxl):
     c = model.get_learned_conditioning(prompt_parser.SdConditioning(["a cat", "cat " * 80], width=64, height=64))
     assert c["crossattn"].shape == (2, 154, 80) and c["vector"].shape == (2, 96)
     g = model.conditioner.embedders[1]
-    ids = torch.tensor([[49406, 320, 2368, 49407] + [0] * 73])
-    out = g.wrapped.model(input_ids=ids, output_hidden_states=True)
-    assert torch.allclose(c["crossattn"][0, :77, 32:], out.hidden_states[-2][0], atol=1e-5)
-    assert torch.allclose(c["vector"][0, :48], out.text_embeds[0], atol=1e-5)  # pooled first
+    ids = torch.tensor([[49406, 320, 2368, 49407] + [0] * 73])  # G pads with 0 after the first EOS
+    states = open_clip_by_hand(g.wrapped.model, ids)
+    assert torch.allclose(c["crossattn"][0, :77, 32:], states[-2][0], atol=1e-5)  # penultimate, no ln_final
+    ln = g.wrapped.model.ln_final
+    pooled = F.layer_norm(states[-1][0, 3], (48,), ln.weight, ln.bias, ln.eps) @ g.wrapped.model.text_projection
+    assert torch.allclose(c["vector"][0, :48], pooled, atol=1e-5)  # pooled first
     uc = model.get_learned_conditioning(prompt_parser.SdConditioning([""], is_negative_prompt=True))
     assert uc["crossattn"].abs().sum() == 0 and uc["vector"][:, :48].abs().sum() == 0
 
@@ -354,3 +385,362 @@ def test_callbacks_xyz_and_launch(recorder):
     assert launch.is_installed("torch") and not launch.is_installed("surely-not-a-package-xyz")
     launch.run_pip("install spacy", "spacy")
     assert launch.pip_calls[-1] == ("install spacy", "spacy")
+
+
+# --------------------------------------------------------------------------------------------
+# OpenCLIP towers: SD 2.x and SDXL's G
+# --------------------------------------------------------------------------------------------
+
+
+def test_open_clip_tower_has_open_clip_layout_and_numerics():
+    from modules.sd_models import FrozenOpenCLIPEmbedder
+    from modules.sd_models_xl import FrozenOpenCLIPEmbedder2
+
+    model = standin.tiny_open_clip(seed=3, width=40, layers=3, embed_dim=24)
+    assert isinstance(model.token_embedding, torch.nn.Embedding) and model.token_embedding.weight.shape == (49408, 40)
+    assert isinstance(model.positional_embedding, torch.nn.Parameter) and model.positional_embedding.shape == (77, 40)
+    assert isinstance(model.text_projection, torch.nn.Parameter) and model.text_projection.shape == (40, 24)
+    mask = model.attn_mask
+    assert mask.shape == (77, 77) and "attn_mask" not in model.state_dict()  # a non-persistent buffer
+    above = torch.ones(77, 77, dtype=torch.bool).triu(1)
+    assert torch.all(mask[above] == float("-inf")) and torch.all(mask[~above] == 0)
+    block = model.transformer.resblocks[0]
+    assert isinstance(block.attn, torch.nn.MultiheadAttention) and not block.attn.batch_first
+    assert [name for name, _ in block.mlp.named_children()] == ["c_fc", "gelu", "c_proj"]
+    assert model.ln_final.bias.abs().sum() > 0  # trained-like LayerNorms
+
+    ids = torch.tensor([[49406, 320, 2368, 49407] + [0] * 73, [49406, 1929, 49407] + [0] * 74])
+    states = open_clip_by_hand(model, ids)
+
+    def ln_final(x):
+        return F.layer_norm(x, (40,), model.ln_final.weight, model.ln_final.bias, model.ln_final.eps)
+
+    sgm = FrozenOpenCLIPEmbedder2(model, layer="penultimate").encode_with_transformer(ids)
+    assert torch.allclose(sgm["penultimate"], states[-2], atol=1e-5)
+    assert torch.allclose(sgm["last"], states[-1], atol=1e-5)
+    pooled = torch.stack([ln_final(states[-1][0, 3]), ln_final(states[-1][1, 2])]) @ model.text_projection
+    assert torch.allclose(sgm["pooled"], pooled, atol=1e-5)
+    assert torch.allclose(model.encode_text(ids), pooled, atol=1e-5)
+
+    ldm = FrozenOpenCLIPEmbedder(model, layer="penultimate")
+    assert ldm.layer_idx == 1
+    assert torch.allclose(ldm.encode_with_transformer(ids), ln_final(states[-2]), atol=1e-5)
+    last = FrozenOpenCLIPEmbedder(model, layer="last")
+    assert last.layer_idx == 0 and torch.allclose(last.encode_with_transformer(ids), ln_final(states[-1]), atol=1e-5)
+
+
+def test_sd2_conditioning():
+    standin.WebUI("sd2")
+    model = shared.sd_model
+    assert model.is_sd2 and not model.is_sd1 and not model.is_sdxl
+    enc = standin.text_encoder()
+    assert enc is model.cond_stage_model and type(enc).__name__ == "FrozenOpenCLIPEmbedderWithCustomWords"
+    assert (enc.id_start, enc.id_end, enc.id_pad, enc.comma_token) == (49406, 49407, 0, 267)
+    assert enc.wrapped.layer == "penultimate" and enc.wrapped.layer_idx == 1
+    chunks, count = enc.tokenize_line("a photo of a (cat:1.5)")
+    assert count == 5 and chunks[0].tokens[:7] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert chunks[0].tokens[7:] == [49407] * 70  # padding with 0 happens when encoding
+
+    c = model.get_learned_conditioning(prompt_parser.SdConditioning(["a cat", "cat " * 80]))
+    assert c.shape == (2, 154, 40)
+    ids = torch.tensor([[49406, 320, 2368, 49407] + [0] * 73])
+    tower = enc.wrapped.model
+    expected = F.layer_norm(open_clip_by_hand(tower, ids)[-2], (40,), tower.ln_final.weight, tower.ln_final.bias)
+    assert torch.allclose(c[0, :77], expected[0], atol=1e-5)
+    shared.opts.CLIP_stop_at_last_layers = 2  # ignored for OpenCLIP
+    assert torch.allclose(model.get_learned_conditioning(["a cat"])[0], expected[0], atol=1e-5)
+    weighted = model.get_learned_conditioning(["a (cat:1.3)"])[0]
+    assert torch.isfinite(weighted).all() and not torch.allclose(weighted, expected[0])
+    res = standin.WebUI("sd2").txt2img(prompt="a cat", steps=2)
+    assert res.sampling_records[0].text_cond[0].shape == (1, 77, 40) and not errors.reported
+
+
+# --------------------------------------------------------------------------------------------
+# textual inversion
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_text_encoder_token_embedding_is_wrapped():
+    from modules.sd_hijack import EmbeddingsWithFixes
+    from modules.sd_hijack_clip import _text_model
+
+    def check(module, key):
+        assert isinstance(module, EmbeddingsWithFixes) and isinstance(module.wrapped, torch.nn.Embedding)
+        assert module.textual_inversion_key == key
+
+    standin.WebUI("sd1")
+    check(_text_model(shared.sd_model.cond_stage_model.wrapped.transformer).embeddings.token_embedding, "clip_l")
+    standin.WebUI("sd2")
+    check(shared.sd_model.cond_stage_model.wrapped.model.token_embedding, "clip_l")
+    standin.WebUI("sdxl")
+    embedder_l, embedder_g = shared.sd_model.conditioner.embedders[:2]
+    check(_text_model(embedder_l.wrapped.transformer).embeddings.token_embedding, "clip_l")
+    check(embedder_g.wrapped.model.token_embedding, "clip_g")
+
+
+def test_embedding_database_longest_match_and_reregistering(sd1):
+    enc = standin.text_encoder()
+    standin.add_embedding("zorb", vectors=2, seed=1)
+    long = standin.add_embedding("zorb-plus", vectors=3, seed=2)
+    db = standin.sd_hijack.model_hijack.embedding_db
+    short = db.word_embeddings["zorb"]  # the folder was reloaded: new objects, as in the WebUI
+    short_ids, long_ids = enc.tokenize(["zorb", "zorb-plus"])
+    assert long_ids[: len(short_ids)] == short_ids and len(long_ids) > len(short_ids)
+    assert [ids for ids, _ in db.ids_lookup[short_ids[0]]] == [long_ids, short_ids]  # longest first
+    tokens = enc.tokenize(["a zorb-plus cat zorb"])[0]
+    assert db.find_embedding_at_position(tokens, 1) == (long, len(long_ids))
+    assert db.find_embedding_at_position(tokens, 1 + len(long_ids) + 1) == (short, len(short_ids))
+    assert db.find_embedding_at_position(tokens, 0) == (None, None)
+    assert short.vec.shape == (2, 32) and short.vectors == 2 and short.shape == 32 and len(short.shorthash) == 12
+    assert list(db.word_embeddings) == ["zorb", "zorb-plus"]
+    again = db.register_embedding(short.__class__(torch.zeros(1, 32), "zorb"), shared.sd_model)
+    assert [e for _, e in db.ids_lookup[short_ids[0]]] == [long, again]  # same name: the old one is gone
+    db.register_embedding_by_name(None, shared.sd_model, "zorb")
+    assert "zorb" not in db.word_embeddings and [e for _, e in db.ids_lookup[short_ids[0]]] == [long]
+
+
+def test_embedding_vectors_enter_the_transformer_after_bos(sd1):
+    from modules.sd_hijack_clip import PromptChunkFix
+
+    emb = standin.add_embedding("zorb", vectors=3, seed=1)
+    enc = standin.text_encoder()
+    (chunk,), count = enc.tokenize_line("a zorb cat")
+    assert count == 5 and chunk.fixes == [PromptChunkFix(1, emb)]
+    assert chunk.tokens[:7] == [49406, 320, 0, 0, 0, 2368, 49407]
+
+    from modules.sd_hijack_clip import _text_model
+
+    embeddings = _text_model(enc.wrapped.transformer).embeddings
+    seen = []
+    handle = embeddings.token_embedding.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    try:
+        z = shared.sd_model.get_learned_conditioning(["a zorb cat", "a cat"])
+    finally:
+        handle.remove()
+    assert standin.sd_hijack.model_hijack.fixes is None  # read and cleared by the forward
+    (rows,) = seen
+    table = embeddings.token_embedding.wrapped.weight
+    ids = torch.tensor(chunk.tokens)
+    expected = table[ids].clone()
+    expected[2:5] = emb.vec  # offset 1 + BOS
+    assert torch.equal(rows[0], expected) and torch.equal(
+        rows[1], table[torch.tensor([49406, 320, 2368] + [49407] * 74)]
+    )
+    assert not torch.allclose(z[0, 2:5], z[1, 1:2].expand(3, -1))
+    assert standin.sd_hijack.model_hijack.extra_generation_params["TI hashes"] == f"zorb: {emb.shorthash}"
+
+
+def test_embedding_fixes_follow_the_chunk_columns(sd1):
+    emb = standin.add_embedding("zorb", vectors=2, seed=1)
+    enc = standin.text_encoder()
+    from modules.sd_hijack_clip import _text_model
+
+    token_embedding = _text_model(enc.wrapped.transformer).embeddings.token_embedding
+    seen = []
+    handle = token_embedding.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    try:
+        shared.sd_model.get_learned_conditioning(["cat " * 80 + "zorb", "zorb dog"])
+    finally:
+        handle.remove()
+    first, second = seen  # one call per chunk column
+    assert torch.equal(first[1, 1:3], emb.vec) and not torch.equal(first[0, 1:3], emb.vec)
+    assert torch.equal(second[0, 6:8], emb.vec)  # chunk 2 of the long prompt: 5 cats, then zorb
+    assert not torch.equal(second[1, 1:3], emb.vec)  # the short prompt's empty second chunk
+
+
+def test_embeddings_with_fixes_truncates_at_the_end():
+    import types
+
+    from modules.sd_hijack import EmbeddingsWithFixes
+
+    table = torch.nn.Embedding(10, 4)
+    hijack = types.SimpleNamespace(fixes=None)
+    emb = types.SimpleNamespace(name="e", vec={"clip_l": torch.ones(5, 4), "clip_g": torch.full((5, 4), 2.0)})
+    wrapped = EmbeddingsWithFixes(table, hijack, textual_inversion_key="clip_g")
+    ids = torch.arange(8).reshape(1, 8)
+    hijack.fixes = [[(4, emb)]]
+    out = wrapped(ids)
+    assert hijack.fixes is None and out.shape == (1, 8, 4)
+    assert torch.equal(out[0, :5], table(ids)[0, :5]) and torch.all(out[0, 5:] == 2.0)  # 3 of 5 fit
+    assert torch.equal(wrapped(ids), table(ids))  # fixes were consumed
+
+
+def test_sd2_and_sdxl_embeddings_reach_each_encoder():
+    standin.WebUI("sdxl")
+    emb = standin.add_embedding("zorb", vectors=2, seed=4)
+    assert emb.vec["clip_l"].shape == (2, 32) and emb.vec["clip_g"].shape == (2, 48) and emb.shape == 80
+    embedder_l, embedder_g = shared.sd_model.conditioner.embedders[:2]
+    from modules.sd_hijack_clip import _text_model
+
+    seen = {}
+    modules = {
+        "l": _text_model(embedder_l.wrapped.transformer).embeddings.token_embedding,
+        "g": embedder_g.wrapped.model.token_embedding,
+    }
+    handles = [m.register_forward_hook(lambda m, a, out, k=k: seen.setdefault(k, out)) for k, m in modules.items()]
+    try:
+        c = shared.sd_model.get_learned_conditioning(prompt_parser.SdConditioning(["a zorb"], width=64, height=64))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(seen["l"][0, 2:4], emb.vec["clip_l"]) and torch.equal(seen["g"][0, 2:4], emb.vec["clip_g"])
+    ids = torch.tensor([[49406, 320, 0, 0, 49407] + [0] * 72])
+    g = embedder_g.wrapped.model
+    rows = g.token_embedding.wrapped(ids)
+    rows[0, 2:4] = emb.vec["clip_g"]
+    penultimate = open_clip_by_hand(g, ids, token_rows=rows)[-2]
+    assert torch.allclose(c["crossattn"][0, :, 32:], penultimate[0], atol=1e-5)
+
+    standin.WebUI("sd2")
+    emb2 = standin.add_embedding("zorb", vectors=1, seed=4)
+    assert emb2.vec.shape == (1, 40)
+    (chunk,), _ = standin.text_encoder().tokenize_line("zorb")
+    assert chunk.fixes[0].offset == 0 and chunk.tokens[:3] == [49406, 0, 49407]
+
+
+def test_embeddings_of_another_width_are_skipped_on_model_load(sd1):
+    standin.add_embedding("zorb", vectors=1)
+    db = standin.sd_hijack.model_hijack.embedding_db
+    assert "zorb" in db.word_embeddings and db.expected_shape == 32
+    standin.WebUI(model=standin.make_sd2_model(), fresh=False)  # loading a checkpoint reloads the folder
+    assert db.expected_shape == 40 and "zorb" not in db.word_embeddings and "zorb" in db.skipped_embeddings
+    assert standin.text_encoder().tokenize_line("zorb")[0][0].fixes == []
+
+
+def test_ti_hashes_reach_the_infotext(sd1):
+    emb = standin.add_embedding("zorb", vectors=2)
+    res = sd1.txt2img(prompt="a zorb cat")
+    assert res.p.extra_generation_params["TI hashes"] == f"zorb: {emb.shorthash}"
+    rec = res.sampling_records[0]
+    plain = standin.WebUI("sd1").txt2img(prompt="a zorb cat").sampling_records[0]  # no embedding: plain words
+    assert not torch.allclose(rec.text_cond[0], plain.text_cond[0])
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA on the text encoders
+# --------------------------------------------------------------------------------------------
+
+
+def _linear_weights(model):
+    return {
+        name: module.weight.detach().clone()
+        for name, module in model.cond_stage_model.wrapped.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+def webui_layer_name(name):
+    """The WebUI's name of an SD1 ``cond_stage_model.wrapped`` module (transformers 4.x module tree)."""
+    if name.startswith("transformer.") and not name.startswith("transformer.text_model."):
+        name = "transformer.text_model." + name[len("transformer.") :]
+    return name.replace(".", "_")
+
+
+def _lora_delta(on_disk, layer_name, shape):
+    """``scale * up @ down`` with the stand-in's generator for that layer (multiplier 1)."""
+    import networks
+
+    net = networks.Network(on_disk.name, on_disk)
+    up, down = networks.NetworkModule(net, layer_name, None).up_down(shape)
+    assert up.shape == (shape[0], on_disk.rank) and down.shape == (on_disk.rank, shape[1])
+    return on_disk.scale * (up @ down)
+
+
+def test_lora_merges_into_text_encoder_while_active_and_not_after(sd1):
+    import networks
+
+    lora = standin.add_lora("detail", seed=3)
+    before = _linear_weights(sd1.model)
+    plain = sd1.txt2img(prompt="a cat").sampling_records[0].text_cond[0]
+    res = sd1.txt2img(prompt="a cat <lora:detail:0.5>")
+    assert res.p.prompts == ["a cat "] and [n.name for n in networks.loaded_networks] == ["detail"]
+    assert res.p.extra_generation_params["Lora hashes"] == f"detail: {lora.shorthash}"
+    with_lora = res.sampling_records[0].text_cond[0]
+    assert not torch.allclose(with_lora, plain, atol=1e-4)
+
+    # every Linear of the text encoder: W + 0.5 * delta (deactivate restores nothing)
+    after = _linear_weights(sd1.model)
+    assert len(after) == 12  # 2 layers x (q, k, v, out, fc1, fc2)
+    assert "transformer_text_model_encoder_layers_0_self_attn_q_proj" in sd1.model.network_layer_mapping
+    for name, weight in after.items():
+        delta = _lora_delta(lora, webui_layer_name(name), weight.shape)
+        assert torch.allclose(weight, before[name] + 0.5 * delta, atol=1e-6), name
+
+    # the same conds from a fresh copy of the model with the deltas added by hand
+    reference = standin.make_sd1_model(seed=0, name="reference")
+    with torch.no_grad():
+        for name, module in reference.cond_stage_model.wrapped.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight += 0.5 * _lora_delta(lora, webui_layer_name(name), module.weight.shape)
+    assert not any(hasattr(m, "network_layer_name") for m in reference.modules())  # never "loaded"
+    assert torch.allclose(with_lora[0], reference.get_learned_conditioning(["a cat "])[0], atol=1e-5)
+
+    # a generation without it: activate([]) unloads, and each layer restores itself at its next forward
+    again = sd1.txt2img(prompt="a cat")
+    assert networks.loaded_networks == []
+    assert torch.allclose(again.sampling_records[0].text_cond[0], plain, atol=1e-6)
+    assert all(torch.equal(w, before[n]) for n, w in _linear_weights(sd1.model).items())
+
+    # unknown names: the tag is removed, nothing is applied, the WebUI's comment
+    unknown = sd1.txt2img(prompt="a cat <lora:nope:1>")
+    assert torch.allclose(unknown.sampling_records[0].text_cond[0], plain, atol=1e-6)
+    assert "Lora not found: nope" in unknown.p.comments and not errors.reported
+
+
+def test_lora_merge_is_lazy_and_any_forward_sees_it(sd1):
+    import networks
+    from modules import extra_networks
+
+    lora = standin.add_lora("detail", seed=3)
+    q_proj = next(m for n, m in sd1.model.cond_stage_model.wrapped.named_modules() if n.endswith("0.self_attn.q_proj"))
+    original = q_proj.weight.detach().clone()
+    p = sd1.make_p(prompt="a cat <lora:detail:2>")
+    p.iteration, p.scripts = 0, None
+    _, data = extra_networks.parse_prompts(["a cat <lora:detail:2>"])
+    extra_networks.activate(p, data)
+    assert torch.equal(q_proj.weight, original)  # nothing merged yet
+    x = torch.randn(3, original.shape[1])
+    y = q_proj(x)  # e.g. an extension running the layers itself
+    merged = original + 2 * _lora_delta(lora, q_proj.network_layer_name, original.shape)
+    assert torch.allclose(q_proj.weight, merged, atol=1e-6)
+    assert torch.allclose(y, x @ merged.T + q_proj.bias, atol=1e-5)
+    assert torch.allclose(q_proj(x), y)  # merged once, not again
+    extra_networks.deactivate(p, data)
+    assert torch.allclose(q_proj.weight, merged, atol=1e-6)  # deactivate keeps it
+    networks.load_networks([])
+    q_proj(x)
+    assert torch.equal(q_proj.weight, original)
+    plain_linear = torch.nn.Linear(4, 2)  # layers of no model are untouched by the patch
+    assert torch.allclose(plain_linear(torch.ones(1, 4)), plain_linear.weight.sum(1) + plain_linear.bias)
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_lora_reaches_open_clip_attention_and_mlp(family):
+    import networks
+
+    webui = standin.WebUI(family)
+    lora = standin.add_lora("detail", seed=7)
+    model = webui.model
+    embedder = model.conditioner.embedders[1] if family == "sdxl" else model.cond_stage_model
+    prefix = "1_" if family == "sdxl" else ""
+    block = embedder.wrapped.model.transformer.resblocks[0]
+    in_proj, out_proj = block.attn.in_proj_weight.detach().clone(), block.attn.out_proj.weight.detach().clone()
+    c_fc = block.mlp.c_fc.weight.detach().clone()
+    plain = webui.txt2img(prompt="a cat").sampling_records[0].text_cond[0]
+    with_lora = webui.txt2img(prompt="a cat <lora:detail>").sampling_records[0].text_cond[0]
+    name = prefix + "model_transformer_resblocks_0_attn"
+    assert block.attn.network_layer_name == name
+    q, k, v = in_proj.chunk(3)
+    expected = torch.cat([w + _lora_delta(lora, f"{name}_{p}_proj", w.shape) for w, p in zip((q, k, v), "qkv")])
+    assert torch.allclose(block.attn.in_proj_weight, expected, atol=1e-6)
+    assert torch.allclose(block.attn.out_proj.weight, out_proj + _lora_delta(lora, name + "_out_proj", out_proj.shape))
+    assert torch.allclose(
+        block.mlp.c_fc.weight, c_fc + _lora_delta(lora, prefix + "model_transformer_resblocks_0_mlp_c_fc", c_fc.shape)
+    )
+    if family == "sdxl":
+        assert not torch.allclose(with_lora["crossattn"][..., :32], plain["crossattn"][..., :32], atol=1e-4)
+        assert not torch.allclose(with_lora["crossattn"][..., 32:], plain["crossattn"][..., 32:], atol=1e-4)
+        assert not torch.allclose(with_lora["vector"][:, :48], plain["vector"][:, :48], atol=1e-4)
+    else:
+        assert not torch.allclose(with_lora, plain, atol=1e-4)
+    assert [n.te_multiplier for n in networks.loaded_networks] == [1.0]

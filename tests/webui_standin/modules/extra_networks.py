@@ -1,10 +1,30 @@
-"""Stand-in for ``modules/extra_networks.py``: ``<name:args>`` tags are cut out of prompts;
-nothing is activated except the ``after_extra_networks_activate`` script hook."""
+"""Stand-in for ``modules/extra_networks.py``: ``<name:args>`` tags are cut out of prompts and the
+registered extra networks (``extra_network_registry``; ``standin.reset`` registers the built-in
+``lora``) are activated: the mentioned ones with their arguments, every other one with ``[]``;
+unknown names are skipped. Then the ``after_extra_networks_activate`` script hook."""
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+
+from modules import errors
+
+extra_network_registry = {}
+extra_network_aliases = {}
+
+
+def initialize():
+    extra_network_registry.clear()
+    extra_network_aliases.clear()
+
+
+def register_extra_network(extra_network):
+    extra_network_registry[extra_network.name] = extra_network
+
+
+def register_extra_network_alias(extra_network, alias):
+    extra_network_aliases[alias] = extra_network
 
 
 class ExtraNetworkParams:
@@ -21,6 +41,30 @@ class ExtraNetworkParams:
 
     def __eq__(self, other):
         return self.items == other.items
+
+
+class ExtraNetwork:
+    def __init__(self, name):
+        self.name = name
+
+    def activate(self, p, params_list):
+        raise NotImplementedError
+
+    def deactivate(self, p):
+        raise NotImplementedError
+
+
+def lookup_extra_networks(extra_network_data):
+    """``{ExtraNetwork: [ExtraNetworkParams, ...]}`` for the registered (or aliased) names."""
+    res = {}
+    for name, args in list(extra_network_data.items()):
+        extra_network = extra_network_registry.get(name)
+        if extra_network is None:
+            extra_network = extra_network_aliases.get(name)
+        if extra_network is None:
+            continue
+        res.setdefault(extra_network, []).extend(args)
+    return res
 
 
 re_extra_net = re.compile(r"<(\w+):([^>]+)>")
@@ -54,6 +98,20 @@ activations: list = []
 
 def activate(p, extra_network_data):
     activations.append((p.iteration, getattr(p, "is_hr_pass", False), extra_network_data))
+    activated = []
+    for extra_network, args in lookup_extra_networks(extra_network_data).items():
+        try:
+            extra_network.activate(p, args)
+            activated.append(extra_network)
+        except Exception as e:
+            errors.display(e, f"activating extra network {extra_network.name} with arguments {args}")
+    for name, extra_network in extra_network_registry.items():
+        if extra_network in activated:
+            continue
+        try:
+            extra_network.activate(p, [])
+        except Exception as e:
+            errors.display(e, f"activating extra network {name}")
     if p.scripts is not None:
         p.scripts.after_extra_networks_activate(
             p,
@@ -66,4 +124,16 @@ def activate(p, extra_network_data):
 
 
 def deactivate(p, extra_network_data):
-    pass
+    data = lookup_extra_networks(extra_network_data)
+    for extra_network in data:
+        try:
+            extra_network.deactivate(p)
+        except Exception as e:
+            errors.display(e, f"deactivating extra network {extra_network.name}")
+    for name, extra_network in extra_network_registry.items():
+        if extra_network in data:
+            continue
+        try:
+            extra_network.deactivate(p)
+        except Exception as e:
+            errors.display(e, f"deactivating unmentioned extra network {name}")

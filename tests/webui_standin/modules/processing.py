@@ -60,6 +60,7 @@ class StandinSampler:
         for step in range(steps):
             if self._refiner_due(record, step, steps):
                 shared.sd_model = p.refiner_checkpoint_info
+                script_callbacks.model_loaded_callback(shared.sd_model)  # reload_model_weights does
                 p.setup_conds()
                 c, uc = p.get_conds()
                 record.refiner_switched = True
@@ -523,10 +524,13 @@ class Processed:
         self.sampling_records = list(p.sampling_records)
 
 
-def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0):
-    """``prompt\\nNegative prompt: ...\\nSteps: .., Seed: .., <extra_generation_params>``; callables
-    in extra_generation_params are called with the per-image dict, as in the WebUI."""
-    index = position_in_batch + iteration * p.batch_size
+def create_infotext(
+    p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0, index=None
+):
+    """``prompt\\nNegative prompt: ...\\nSteps: .., Seed: .., <extra_generation_params>``. As in the WebUI, a
+    list value is read at the image's index and a callable is called with this function's locals."""
+    if index is None:
+        index = position_in_batch + iteration * p.batch_size
     params = {
         "Steps": p.steps,
         "CFG scale": p.cfg_scale,
@@ -536,9 +540,12 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     }
     params.update(p.extra_generation_params)
     rendered = {}
+    arguments = dict(locals())
     for key, value in params.items():
-        if callable(value):
-            value = value({"iteration": iteration, "index": index, "prompt": all_prompts[index]})
+        if isinstance(value, list):
+            value = value[index]
+        elif callable(value):
+            value = value(**arguments)
         if value is not None:
             rendered[key] = value
     text = ", ".join(k if k == v else f"{k}: {v}" for k, v in rendered.items())
@@ -577,6 +584,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         else [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
     )
     p.all_subseeds = [int(p.subseed if p.subseed != -1 else 0) + x for x in range(len(p.all_prompts))]
+
+    if not p.do_not_reload_embeddings:
+        model_hijack.embedding_db.load_textual_inversion_embeddings()
 
     if p.scripts is not None:
         p.scripts.process(p)
@@ -646,6 +656,9 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                     create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
                 )
                 output_images.append(image)
+
+    if not p.disable_extra_networks and p.extra_network_data:
+        extra_networks.deactivate(p, p.extra_network_data)
 
     shared.sd_model = main_model
     res = Processed(

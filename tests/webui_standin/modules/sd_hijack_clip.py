@@ -1,5 +1,5 @@
-"""Stand-in for ``modules/sd_hijack_clip.py`` (and the open_clip variants of
-``sd_hijack_open_clip.py``): prompt -> 77-token chunks -> CLIP -> emphasis.
+"""Stand-in for ``modules/sd_hijack_clip.py``: prompt -> 77-token chunks -> CLIP -> emphasis (the
+OpenCLIP wrappers are in ``sd_hijack_open_clip.py``).
 
 Chunking rules (``tokenize_line``) follow the WebUI: 75 tokens per chunk plus BOS and EOS,
 ``BREAK`` starts a new chunk, and when a chunk fills up the text after the last comma moves to the
@@ -24,7 +24,8 @@ def _text_model(transformer):
 
 class PromptChunk:
     """77 token ids (BOS, 75 prompt tokens or padding, EOS), one multiplier per token, and the
-    textual-inversion fixes (always empty in the stand-in)."""
+    textual-inversion fixes (``PromptChunkFix(offset, embedding)``: the embedding's vectors replace
+    the token rows from ``offset + 1`` on, ``+ 1`` for BOS)."""
 
     def __init__(self):
         self.tokens = []
@@ -159,13 +160,29 @@ class TextConditionalModel(torch.nn.Module):
 
         zs = []
         pooled_first = None
+        used_embeddings = {}
         for index in range(chunk_count):
             column = [chunks[index] if index < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
+            # read (and cleared) by sd_hijack.EmbeddingsWithFixes inside the transformer
             self.hijack.fixes = [chunk.fixes for chunk in column]
+            for fixes in self.hijack.fixes:
+                for _offset, embedding in fixes:
+                    used_embeddings[embedding.name] = embedding
             z, pooled = self.process_tokens([c.tokens for c in column], [c.multipliers for c in column])
             if index == 0:
                 pooled_first = pooled
             zs.append(z)
+
+        if opts.textual_inversion_add_hashes_to_infotext and used_embeddings:
+            hashes = [
+                f"{name.replace(':', '').replace(',', '')}: {embedding.shorthash}"
+                for name, embedding in used_embeddings.items()
+                if embedding.shorthash
+            ]
+            if hashes:
+                if self.hijack.extra_generation_params.get("TI hashes"):
+                    hashes.append(self.hijack.extra_generation_params.get("TI hashes"))
+                self.hijack.extra_generation_params["TI hashes"] = ", ".join(hashes)
 
         if any(x for x in texts if "(" in x or "[" in x) and opts.emphasis != "Original":
             self.hijack.extra_generation_params["Emphasis"] = opts.emphasis
@@ -232,6 +249,12 @@ class FrozenCLIPEmbedderWithCustomWords(FrozenCLIPEmbedderWithCustomWordsBase):
             return _text_model(self.wrapped.transformer).final_layer_norm(outputs.hidden_states[-skip])
         return outputs.last_hidden_state
 
+    def encode_embedding_init_text(self, init_text, nvpt):
+        """The token embeddings (before the transformer) of ``init_text``: ``(tokens, dim)``."""
+        token_embedding = _text_model(self.wrapped.transformer).embeddings.token_embedding
+        ids = self.wrapped.tokenizer(init_text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        return token_embedding.wrapped(ids.to(token_embedding.wrapped.weight.device)).squeeze(0)
+
 
 class FrozenCLIPEmbedderForSDXLWithCustomWords(FrozenCLIPEmbedderWithCustomWords):
     """SDXL's CLIP-L: ``wrapped.layer == "hidden"`` -> hidden_states[layer_idx] (penultimate), no
@@ -244,24 +267,3 @@ class FrozenCLIPEmbedderForSDXLWithCustomWords(FrozenCLIPEmbedderWithCustomWords
         if self.wrapped.layer == "last":
             return outputs.last_hidden_state
         return outputs.hidden_states[self.wrapped.layer_idx]
-
-
-class FrozenOpenCLIPEmbedder2WithCustomWords(FrozenCLIPEmbedderWithCustomWordsBase):
-    """SDXL's OpenCLIP-G: same BPE; ids ``<start_of_text>``/``<end_of_text>`` = 49406/49407,
-    padding id 0; penultimate layer, no final norm (clip skip is ignored); pooled output from
-    the first chunk."""
-
-    def __init__(self, wrapped, hijack):
-        super().__init__(wrapped, hijack)
-        vocab = wrapped.tokenizer.get_vocab()
-        self.comma_token = vocab[",</w>"]
-        self.id_start = wrapped.tokenizer.bos_token_id
-        self.id_end = wrapped.tokenizer.eos_token_id
-        self.id_pad = 0
-
-    def tokenize(self, texts):
-        return self.wrapped.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
-
-    def encode_with_transformers(self, tokens):
-        d = self.wrapped.encode_with_transformer(tokens)
-        return d[self.wrapped.layer], d.get("pooled")

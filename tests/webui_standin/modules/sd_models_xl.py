@@ -1,6 +1,7 @@
 """Stand-in for ``modules/sd_models_xl.py`` plus the parts of sgm's ``GeneralConditioner`` the
 WebUI relies on: an SDXL-style model with ``conditioner.embedders`` =
-[CLIP-L (hijacked), OpenCLIP-G (hijacked), original size, crop, target size].
+[CLIP-L (HF CLIPTextModel, hijacked), OpenCLIP-G (open_clip text tower, hijacked), original size,
+crop, target size].
 
 ``get_learned_conditioning(batch)`` returns ``{"crossattn": (B, 77k, dim_l + dim_g),
 "vector": (B, pooled_g + 3 * 2 * size_dim)}`` -- pooled first, then the size embeddings, as in
@@ -13,32 +14,71 @@ import math
 
 import torch
 
-from modules import devices, prompt_parser, sd_hijack, sd_hijack_clip, shared
+from modules import devices, prompt_parser, sd_hijack, sd_hijack_clip, sd_hijack_open_clip, shared
 from modules.sd_models import CheckpointInfo, FrozenCLIPEmbedder, set_family_flags
 
 
 class FrozenOpenCLIPEmbedder2(torch.nn.Module):
-    """OpenCLIP-G stand-in over ``transformers.CLIPTextModelWithProjection``.
+    """sgm's OpenCLIP-G encoder (``legacy=False``, ``always_return_pooled=True`` as SDXL's config):
+    ``model`` is an open_clip text tower; ``encode_with_transformer(tokens)`` ->
+    ``{"penultimate": input of the last block, "last": output of the last block (both without
+    ln_final), "pooled": ln_final(last) at the argmax id @ text_projection}``.
 
-    ``encode_with_transformer(tokens)`` -> ``{"penultimate", "last", "pooled"}``; ``pooled`` is the
-    projected final-norm output at the first EOS (the largest id, like open_clip's argmax)."""
+    ``tokenizer`` is a stand-in extra (the real one calls ``open_clip.tokenize``)."""
 
-    def __init__(self, tokenizer, model, layer="penultimate"):
+    LAYERS = ["pooled", "last", "penultimate"]
+
+    def __init__(self, model, tokenizer=None, layer="penultimate", always_return_pooled=True, legacy=False):
         super().__init__()
-        self.tokenizer = tokenizer
+        assert layer in self.LAYERS
         self.model = model
+        self.tokenizer = tokenizer
+        self.device = "cpu"
+        self.max_length = 77
+        self.return_pooled = always_return_pooled
         self.layer = layer
+        self.layer_idx = 0 if layer == "last" else 1
+        self.legacy = legacy
         self.input_key = "txt"
-        self.return_pooled = True
         self.is_trainable = False
         self.ucg_rate = 0.0
 
-    def encode_with_transformer(self, tokens):
-        out = self.model(input_ids=tokens, output_hidden_states=True)
-        last = out.last_hidden_state
-        eos = tokens.argmax(dim=-1)
-        pooled = self.model.text_projection(last[torch.arange(last.shape[0]), eos])
-        return {"penultimate": out.hidden_states[-2], "last": last, "pooled": pooled}
+    def forward(self, text):
+        from open_clip_text import tokenize
+
+        z = self.encode_with_transformer(tokenize(self.tokenizer, text))
+        if not self.return_pooled and self.legacy:
+            return z
+        if self.return_pooled:
+            return z[self.layer], z["pooled"]
+        return z[self.layer]
+
+    def encode_with_transformer(self, text):
+        x = self.model.token_embedding(text)  # (N, L, D)
+        x = x + self.model.positional_embedding
+        x = x.permute(1, 0, 2)  # NLD -> LND
+        x = self.text_transformer_forward(x, attn_mask=self.model.attn_mask)
+        if self.legacy:
+            return self.model.ln_final(x[self.layer])
+        x["pooled"] = self.pool(self.model.ln_final(x["last"]), text)
+        return x
+
+    def pool(self, x, text):
+        """The row of the largest id (the first end-of-text) of each sequence, projected."""
+        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.model.text_projection
+
+    def text_transformer_forward(self, x, attn_mask=None):
+        outputs = {}
+        blocks = self.model.transformer.resblocks
+        for i, block in enumerate(blocks):
+            if i == len(blocks) - 1:
+                outputs["penultimate"] = x.permute(1, 0, 2)  # LND -> NLD
+            x = block(x, attn_mask=attn_mask)
+        outputs["last"] = x.permute(1, 0, 2)
+        return outputs
+
+    def encode(self, text):
+        return self(text)
 
 
 def timestep_embedding(values, dim, max_period=10000):
@@ -103,6 +143,15 @@ class GeneralConditioner(torch.nn.Module):
                 return embedder.tokenize(texts)
         raise AssertionError("no tokenizer available")
 
+    def encode_embedding_init_text(self, init_text, nvpt):
+        """Token embeddings of every text encoder side by side (CLIP-L | G): ``(tokens, 768 + 1280)``."""
+        encoded = [
+            embedder.encode_embedding_init_text(init_text, nvpt)
+            for embedder in self.embedders
+            if hasattr(embedder, "encode_embedding_init_text")
+        ]
+        return torch.cat(encoded, dim=1)
+
     def process_texts(self, texts):
         for embedder in self.embedders:
             if hasattr(embedder, "process_texts"):
@@ -120,13 +169,17 @@ class StandinSDXLModel(torch.nn.Module):
     """``cond_stage_model`` is the conditioner itself (two text encoders), as after the hijack."""
 
     def __init__(self, tokenizer, clip_l, clip_g, size_dim=8, name="standin-sdxl"):
+        """``clip_l``: HF ``CLIPTextModel``; ``clip_g``: an open_clip text tower (``open_clip_text.CLIP``)."""
         super().__init__()
         hijack = sd_hijack.model_hijack
+        embeddings_l = sd_hijack_clip._text_model(clip_l).embeddings
+        embeddings_l.token_embedding = sd_hijack.EmbeddingsWithFixes(embeddings_l.token_embedding, hijack)
+        clip_g.token_embedding = sd_hijack.EmbeddingsWithFixes(clip_g.token_embedding, hijack, "clip_g")
         embedder_l = sd_hijack_clip.FrozenCLIPEmbedderForSDXLWithCustomWords(
             FrozenCLIPEmbedder(tokenizer, clip_l, layer="hidden", layer_idx=-2), hijack
         )
-        embedder_g = sd_hijack_clip.FrozenOpenCLIPEmbedder2WithCustomWords(
-            FrozenOpenCLIPEmbedder2(tokenizer, clip_g), hijack
+        embedder_g = sd_hijack_open_clip.FrozenOpenCLIPEmbedder2WithCustomWords(
+            FrozenOpenCLIPEmbedder2(clip_g, tokenizer), hijack
         )
         self.conditioner = GeneralConditioner(
             [

@@ -100,6 +100,18 @@ def _builtin_options() -> dict[str, OptionInfo]:
     )
     templates.update(
         options_section(
+            ("extra_networks", "Extra Networks", "sd"),
+            {
+                "extra_networks_default_multiplier": OptionInfo(1.0, "Default multiplier for extra networks"),
+                "sd_lora": OptionInfo("None", "Add network to prompt"),
+                "lora_add_hashes_to_infotext": OptionInfo(True, "Add Lora hashes to infotext"),
+                "lora_in_memory_limit": OptionInfo(0, "Number of Lora networks to keep cached in memory"),
+                "lora_functional": OptionInfo(False, "Lora/Networks: use old method (not in the stand-in)"),
+            },
+        )
+    )
+    templates.update(
+        options_section(
             ("training", "Textual Inversion", "training"),
             {"textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add Textual Inversion hashes to infotext")},
         )
