@@ -3,7 +3,10 @@
 `c` is a `MulticondLearnedConditioning`: `.batch[i]` (one per image) is a list of
 `ComposableScheduledPromptConditioning` (one per `AND` sub-prompt) whose `.schedules` is a list of
 `ScheduledPromptConditioning(end_at_step, cond)` (one per prompt-editing segment). `cond` is a tensor
-`(rows, dim)` or, for SDXL, a dict whose `crossattn` is patched and whose `vector` is left alone.
+`(rows, dim)` or a dict (SDXL, SD 3.5, Flux) whose `crossattn` is patched and whose `vector` is left alone.
+The rows of `crossattn` may come from more than one encoder (Forge's SD 3.5: CLIP, then T5): each host module
+(`a1111`, `forge`) says which parts they are, and every part is patched with one decision per item
+(`flowcore.joint`).
 
 The same cond objects live in the WebUI's class-level cond caches (and are shared between images with
 the same prompt and between `n_iter` batches), so every write is recorded in `PENDING` and undone after
@@ -12,18 +15,19 @@ sampling: the caches never hold patched conds, and each distinct cond is patched
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from flowcore.layout import ROWS_PER_CHUNK
+from flowcore.joint import Part, patch_jointly
 from flowcore.markers import parse_markers, strip_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
 from flowcore.report import FlowReport
 
-from .webui_encoder import MappingError, WebuiEncoder
+from .line_layout import MappingError, plain_text
 
 
 class Restorer:
@@ -43,15 +47,22 @@ class Restorer:
         if id(tensor) in self._written:
             raise RuntimeError("a cond tensor was patched twice in one pass")
         self._written[id(tensor)] = (tensor, rows, tensor[rows].clone())
-        tensor[rows] = values.to(device=tensor.device, dtype=tensor.dtype)
+        with _writable(tensor):
+            tensor[rows] = values.to(device=tensor.device, dtype=tensor.dtype)
 
     def restore_all(self) -> int:
         """Put every written row back; returns how many tensors were restored."""
         count = len(self._written)
         for tensor, rows, original in self._written.values():
-            tensor[rows] = original
+            with _writable(tensor):
+                tensor[rows] = original
         self._written.clear()
         return count
+
+
+def _writable(tensor: torch.Tensor):
+    """Forge makes its conds under `torch.inference_mode`: they may only be written inside it."""
+    return torch.inference_mode() if tensor.is_inference() else contextlib.nullcontext()
 
 
 PENDING = Restorer()
@@ -147,39 +158,57 @@ def needs_core(target: Target, options: FlowOptions) -> bool:
 
 
 def patch_target(
-    target: Target, encoder: WebuiEncoder, patcher: FlowPatcher, options: FlowOptions
-) -> tuple[torch.Tensor, torch.Tensor, FlowReport]:
-    """The rows to write `(changed,)` and their values `(changed, dim)` for one cond, and the report.
+    target: Target, parts: Sequence[tuple[object, FlowPatcher]], options: FlowOptions
+) -> tuple[torch.Tensor, torch.Tensor, list[FlowReport]]:
+    """The rows to write `(changed,)` and their values `(changed, dim)` for one cond, and each part's report.
 
-    1. Lay the line out with the WebUI's own tokenizer (rows, emphasis multipliers).
+    1. Lay the line out with each part's own tokenizer (rows, emphasis multipliers). The parts follow each
+       other along the rows: the first from row 0, the last (if there are two) to the cond's last row; rows
+       between (empty chunks the host added to match a longer prompt of the batch) are left alone.
     2. Divide out each row's emphasis factor: the core sees the encoding without emphasis.
-    3. Patch with the core (the marked plain text says what the user marked).
+    3. Patch every part with the core, one decision per item (the marked plain text says what was marked).
     4. Re-apply the factors to the rows the core changed; every other row keeps its exact bits.
     """
-    # 1. Layout.
-    line = encoder.line_layout(target.line)
-    layout = line.layout
-    marked_plain = encoder.plain_text(target.marked_line)
-    if parse_markers(marked_plain).text != layout.text:
-        raise MappingError(f"{target.marked_line!r}: markers change how the WebUI parses the prompt")
+    # 1. Layout: each part's rows, the first from row 0, the second (if any) up to the cond's last row.
     rows, dim = target.rows.shape
-    if rows < layout.n_rows or (rows - layout.n_rows) % ROWS_PER_CHUNK:
-        raise MappingError(f"{target.line!r}: {rows} rows for {len(layout.chunks)} chunk(s)")
-    encoding = target.rows[: layout.n_rows].float()
+    lines = [part.line_layout(target.line) for part, _ in parts]
+    sizes = [line.layout.n_rows for line in lines]
+    starts = [0, rows - sizes[-1]][: len(parts)]
+    room = rows if len(parts) == 1 else starts[1]  # where the first part's rows may run (padding chunks after)
+    if len(parts) > 2 or any(part.width > dim for part, _ in parts) or min(starts) < 0 or sizes[0] > room:
+        raise MappingError(f"{target.line!r}: {rows} rows of width {dim} for parts of {sizes} rows")
+    if (room - sizes[0]) % lines[0].layout.format.rows:
+        raise MappingError(f"{target.line!r}: {rows} rows for {len(lines[0].layout.chunks)} chunk(s)")
+    pieces = [
+        (part, patcher, line, slice(start, start + size), slice(0, part.width))
+        for (part, patcher), line, start, size in zip(parts, lines, starts, sizes)
+    ]
+    marked_plain = plain_text(parts[0][0].fragments(target.marked_line))
+    if any(parse_markers(marked_plain).text != line.layout.text for _, _, line, _, _ in pieces):
+        raise MappingError(f"{target.marked_line!r}: markers change how the WebUI parses the prompt")
     # 2. Emphasis out.
-    scale = encoder.row_scale(encoding, line)
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-    raw = encoding / safe
+    scales, joint = [], []
+    for part, patcher, line, row_slice, columns in pieces:
+        encoding = target.rows[row_slice, columns].float()
+        scale = part.row_scale(encoding, line)
+        scales.append(scale)
+        raw = encoding / torch.where(scale == 0, torch.ones_like(scale), scale)
+        joint.append(Part(part.name, patcher, raw, line.layout))
     # 3. Core.
-    result = patcher.patch(raw, marked_plain, layout=layout, options=options)
-    # 4. Emphasis back, on the changed rows only.
-    changed = (result.patched != raw).any(dim=1).nonzero().flatten()
-    values = result.patched[changed] * scale[changed]
-    return changed, values, result.report
+    results = patch_jointly(joint, marked_plain, options)
+    # 4. Emphasis back, on the changed rows only, into whole rows of the cond.
+    changed_rows, values = [], []
+    for (_, _, _, row_slice, columns), scale, piece, result in zip(pieces, scales, joint, results):
+        changed = (result.patched != piece.encoding).any(dim=1).nonzero().flatten()
+        whole = target.rows[row_slice][changed].float().clone()
+        whole[:, columns] = result.patched[changed] * scale[changed]
+        changed_rows.append(changed + row_slice.start)
+        values.append(whole)
+    return torch.cat(changed_rows), torch.cat(values), [result.report for result in results]
 
 
 def patch_pass(
-    c, prompts, marked, steps_candidates, encoder: WebuiEncoder, patcher: FlowPatcher, options: FlowOptions
+    c, prompts, marked, steps_candidates, parts: Sequence[tuple[object, FlowPatcher]], options: FlowOptions
 ) -> PassResult:
     """Patch every distinct cond of `c` once; prompts that cannot be mapped are skipped (in `problems`).
 
@@ -191,14 +220,14 @@ def patch_pass(
         if PENDING.is_patched(target.rows) or not needs_core(target, options):
             continue
         try:
-            changed, values, report = patch_target(target, encoder, patcher, options)
+            changed, values, reports = patch_target(target, parts, options)
         except MappingError as error:
             result.problems.append(str(error))
             continue
-        result.reports.append(report)
+        result.reports += reports
         for image in target.images:
             items = result.patched_items.setdefault(image, [])
-            items += [item.text for item in report.patched_items if item.text not in items]
+            items += [item.text for report in reports for item in report.patched_items if item.text not in items]
         if len(changed):
             writes.append((target.rows, changed, values))
     for rows, changed, values in writes:

@@ -21,10 +21,9 @@ from flowcore.markers import parse_markers, strip_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
 
-from . import settings
+from . import a1111, forge, settings
 from .args import ARG_TABLE, PREFIX, SPECS, TITLE, FlowArgs, paste_getter
 from .conditioning import PENDING, PassResult, patch_pass
-from .webui_encoder import WebuiEncoder
 from .xyz import XYZ_ATTR
 
 try:
@@ -41,7 +40,7 @@ _said: set[str] = set()
 # Encoders and their patchers live across generations, keyed by the model and what its text transformers
 # compute (a fingerprint of their weights, LoRA merged in; the layers read; the emphasis mode): a repeated
 # prompt costs cache lookups only, and each model is calibrated once (then read from the disk cache).
-_ENCODERS: OrderedDict[tuple, tuple[WebuiEncoder, FlowPatcher]] = OrderedDict()
+_ENCODERS: OrderedDict[tuple, list[tuple[object, FlowPatcher]]] = OrderedDict()
 MAX_ENCODERS = 2
 
 
@@ -52,12 +51,19 @@ def say_once(key: str, message: str) -> None:
         logger.warning("%s %s", PREFIX, message)
 
 
+def is_forge(sd_model) -> bool:
+    """Forge (and reForge) models carry `forge_objects`; A1111's do not."""
+    return hasattr(sd_model, "forge_objects")
+
+
 def unsupported_reason(sd_model) -> str:
     """Why this model cannot be patched, or "" when it can."""
     if sd_model is None:
         return "no model is loaded"
-    if hasattr(sd_model, "forge_objects"):
-        return "Forge is not supported yet; images are generated unpatched"
+    if is_forge(sd_model):
+        if forge.engines(sd_model):
+            return ""
+        return f"Forge's `{type(sd_model).__name__}` has no text engine flowcore knows; images are unpatched"
     flags = [flag for flag in (*SUPPORTED_FAMILIES, "is_sd3", "is_flux") if hasattr(sd_model, flag)]
     if any(getattr(sd_model, flag, False) for flag in SUPPORTED_FAMILIES):
         return ""
@@ -108,12 +114,13 @@ def _steps_candidates(p, hires: bool) -> list[tuple[int, int | None]]:
     return list(dict.fromkeys(candidates))
 
 
-def encoder_for(sd_model, opts) -> tuple[WebuiEncoder, FlowPatcher]:
-    """The encoder and patcher for the model as it is now (see `_ENCODERS`)."""
-    encoder = WebuiEncoder(sd_model, opts, emphasis=str(getattr(opts, "emphasis", "Original")))
-    key = (id(sd_model), encoder.identity())
+def parts_for(sd_model, opts) -> list[tuple[object, FlowPatcher]]:
+    """The parts of the model's conditioning (the host module's: `forge` or `a1111`) with their patchers, as
+    the model is now (see `_ENCODERS`)."""
+    parts = (forge if is_forge(sd_model) else a1111).parts_for(sd_model, opts)
+    key = (id(sd_model), tuple(part.identity() for part in parts))
     if key not in _ENCODERS:
-        _ENCODERS[key] = (encoder, FlowPatcher(encoder))
+        _ENCODERS[key] = [(part, FlowPatcher(part)) for part in parts]
         while len(_ENCODERS) > MAX_ENCODERS:
             _ENCODERS.popitem(last=False)
     _ENCODERS.move_to_end(key)
@@ -231,9 +238,9 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         marked = state.marked_hr if hires else state.marked
         marked = list(marked) if marked is not None and len(marked) == len(prompts) else prompts
         # 2. The encoder and patcher for the model as it is now (LoRA changes the text encoder's weights).
-        encoder, patcher = encoder_for(shared.sd_model, shared.opts)
+        parts = parts_for(shared.sd_model, shared.opts)
         # 3. Patch every distinct cond once.
-        return patch_pass(c, prompts, marked, _steps_candidates(p, hires), encoder, patcher, state.options)
+        return patch_pass(c, prompts, marked, _steps_candidates(p, hires), parts, state.options)
 
     def _record(self, p, state: GenerationState, result: PassResult, name: str) -> None:
         """Remember what each image got (the infotext reads it per image) and log each problem once."""

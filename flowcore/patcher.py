@@ -8,8 +8,9 @@ plan -> patched rows.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -206,6 +207,7 @@ class FlowPatcher:
         layout: PromptLayout | None = None,
         pooled: torch.Tensor | None = None,
         options: FlowOptions | None = None,
+        force: Mapping[tuple[int, int], str] = MappingProxyType({}),
     ) -> FlowResult:
         """Patch an encoding the caller already has (the WebUI's conditioning, or diffusers' prompt_embeds).
 
@@ -215,6 +217,9 @@ class FlowPatcher:
             layout (`PromptLayout`, *optional*): which token sits in which row; by default the encoder's own.
             pooled (`torch.Tensor`, *optional*): the pooled vector, passed through (or re-derived).
             options (`FlowOptions`, *optional*): overrides the patcher's options for this call.
+            force (`dict`, *optional*): items to patch whatever this encoder's scores say, by their span
+                `(start, end)` in the marker-free text, with the reason (another encoder of the same prompt
+                flagged them: see `flowcore.joint`); items marked ^keep^ stay unpatched.
         """
         options = options or self.options
         # 1. Parse markers and find the items.
@@ -279,6 +284,9 @@ class FlowPatcher:
             if options.detect and matched[index] is not None:
                 item_report.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
             item_report.patched, item_report.reason = self._decide(entry, score, report.threshold, options)
+            span = (entry.item.start, entry.item.end)
+            if span in force and not item_report.patched and entry.item.marker != KEEP:
+                item_report.patched, item_report.reason = True, force[span]
             entries.append(item_report)
         report.items += entries
 

@@ -13,7 +13,7 @@ from conftest import make_webui
 from ext_helpers import changed_rows, conds, crossattn, isolated, on, text_encoder
 from modules import errors, shared
 
-from extension.webui_encoder import WebuiEncoder
+from extension.a1111 import parts_for
 from flowcore.encoders.base import ItemRequest
 
 PLAIN = "a crosswalk next to a standing zebra"
@@ -100,7 +100,7 @@ def test_open_clip_items_alone_sit_at_their_prompt_positions():
     """SD 2's OpenCLIP: an item alone at position 6 equals the module's own forward pass over [BOS, 5 fillers,
     item] in which every row but the fillers' own sees the fillers masked out (so only BOS and the item)."""
     make_webui("sd2")
-    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    encoder = parts_for(shared.sd_model, shared.opts)[0]
     ids = tuple(text_encoder().tokenize(["zebra"])[0])
     (item,) = encoder.encode_isolated([ItemRequest("zebra", ids, start=6)])
     model = shared.sd_model.cond_stage_model.wrapped.model

@@ -53,9 +53,9 @@ def test_a_repeated_prompt_costs_no_encode(webui, monkeypatch):
     """The second generation of a prompt finds the calibration and every item's encodings in the caches kept
     across generations: no forward call of the text transformer by the extension."""
     webui.txt2img(prompt=ZEBRA, alwayson=on("Automatic"))
-    from extension.script import encoder_for
+    from extension.script import parts_for as script_parts
 
-    encoder, _ = encoder_for(shared.sd_model, shared.opts)
+    ((encoder, _),) = script_parts(shared.sd_model, shared.opts)
     calls = []
     handle = encoder.towers[0].layers[0].register_forward_hook(lambda *args: calls.append(1))
     try:
@@ -67,9 +67,9 @@ def test_a_repeated_prompt_costs_no_encode(webui, monkeypatch):
 
 def test_markers_only_encodes_only_the_marked_item(webui, monkeypatch):
     webui.txt2img(prompt="a cat", alwayson=on("Automatic"))  # the encoder exists, calibrated
-    from extension.script import encoder_for
+    from extension.script import parts_for as script_parts
 
-    encoder, _ = encoder_for(shared.sd_model, shared.opts)
+    ((encoder, _),) = script_parts(shared.sd_model, shared.opts)
     shapes = []
     handle = encoder.towers[0].layers[0].register_forward_hook(lambda m, args, out: shapes.append(args[0].shape[1]))
     try:

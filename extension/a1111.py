@@ -1,18 +1,12 @@
-"""The WebUI model's own text transformers, driven directly as flowcore `Tower`s.
+"""AUTOMATIC1111 WebUI (v1.10): its model's text transformers as the parts `flowcore` patches.
 
-Items alone (at any positions) and prompts go through the model's own modules in packed blocks, one forward
-call per transformer, so that the weights (LoRA merged into them), the layer (clip skip) and the textual-
-inversion vectors are the WebUI's, while the cost is that of the items' few tokens, not of a 77-row prompt
-each. Every A1111 family is covered:
-
+Every A1111 family is covered, each with the layer the WebUI reads:
 - SD 1.x, a transformers CLIPTextModel: `hidden_states[-clip_skip]`, then the final norm;
 - SD 2.x, OpenCLIP: every resblock but the last `layer_idx`, then `ln_final` (clip skip does not apply);
 - SDXL, CLIP-L then OpenCLIP-G side by side: CLIP-L's layer as its wrapper's `layer` / `layer_idx` say (clip
   skip instead with the `sdxl_clip_l_skip` option), no final norm; G's penultimate resblock, no `ln_final`.
-
-The WebUI wraps each token embedding in `EmbeddingsWithFixes`, which inserts the textual-inversion vectors
-of the chunk being encoded; here the original table is read through its `wrapped` attribute and the
-vectors come with the token ids: a negative id stands for one vector of an embedding (`TextualInversion`).
+The WebUI wraps each token embedding in `EmbeddingsWithFixes`; the towers read the original table through its
+`wrapped` attribute, with textual-inversion vectors from the layout's negative ids (`clip_part`).
 """
 
 from __future__ import annotations
@@ -23,41 +17,8 @@ import torch
 
 from flowcore.encoders.clip import ClipTower, Tower
 
-
-class TextualInversion:
-    """Negative token ids for the vectors of textual-inversion embeddings, so that a layout's tokens (and the
-    cache keys made of them) say which vector each row takes: id -(k + 1) is entry k of `rows`."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[object, int]] = []  # (embedding, vector index)
-        self._ids: dict[tuple[str, str, int], int] = {}
-
-    def id_of(self, embedding, index: int) -> int:
-        key = (str(getattr(embedding, "name", "")), str(getattr(embedding, "shorthash", id(embedding))), index)
-        if key not in self._ids:
-            self.rows.append((embedding, index))
-            self._ids[key] = -len(self.rows)
-        return self._ids[key]
-
-    def vector(self, token_id: int, key: str) -> torch.Tensor:
-        """The vector behind a negative id, for the encoder whose textual-inversion key is `key`
-        (SDXL's embeddings hold one tensor per encoder: "clip_l", "clip_g")."""
-        embedding, index = self.rows[-token_id - 1]
-        vectors = embedding.vec[key] if isinstance(embedding.vec, dict) else embedding.vec
-        return vectors[index]
-
-
-def _lookup(module: torch.nn.Module, input_ids: torch.Tensor, inversion: TextualInversion) -> torch.Tensor:
-    """Token embeddings `(1, seq, hidden)` from the WebUI's (wrapped) table, negative ids from `inversion`."""
-    table = getattr(module, "wrapped", module)  # EmbeddingsWithFixes -> the original nn.Embedding
-    embedded = table(input_ids.clamp(min=0))
-    negative = (input_ids[0] < 0).nonzero().flatten().tolist()
-    if negative:
-        key = getattr(module, "textual_inversion_key", "clip_l")
-        embedded = embedded.clone()
-        for position in negative:
-            embedded[0, position] = inversion.vector(int(input_ids[0, position]), key).to(embedded)
-    return embedded
+from .clip_part import ClipPart, TextualInversion
+from .line_layout import MappingError
 
 
 class WebuiClipTower(ClipTower):
@@ -69,7 +30,7 @@ class WebuiClipTower(ClipTower):
         self.inversion = inversion
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _lookup(self.core.embeddings.token_embedding, input_ids, self.inversion)
+        return self.inversion.lookup(self.core.embeddings.token_embedding, input_ids)
 
 
 class OpenClipTower(Tower):
@@ -85,7 +46,7 @@ class OpenClipTower(Tower):
         self.batch_first = bool(getattr(layers[0].attn, "batch_first", False))
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _lookup(self.model.token_embedding, input_ids, self.inversion)
+        return self.inversion.lookup(self.model.token_embedding, input_ids)
 
     def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
         return self.model.positional_embedding[position_ids]
@@ -119,15 +80,13 @@ def _is_hf_clip(embedder) -> bool:
     return hasattr(getattr(embedder, "wrapped", None), "transformer")
 
 
-def towers_for(sd_model, opts, inversion: TextualInversion) -> list[Tower]:
-    """The model's text towers with the layers the WebUI reads, in the order their rows are concatenated.
-
-    Raises ValueError for a text encoder of another kind (the glue then leaves the image unpatched)."""
+def _towers(sd_model, opts, inversion: TextualInversion) -> tuple[object, list[Tower]]:
+    """The embedder whose `tokenize_line` lays prompts out, and the towers in the order of their columns."""
     clip_skip = max(1, int(getattr(opts, "CLIP_stop_at_last_layers", 1) or 1))
     if getattr(sd_model, "is_sdxl", False) or getattr(sd_model, "is_ssd", False):
         clip_l, clip_g = sd_model.conditioner.embedders[:2]
         if not (_is_hf_clip(clip_l) and _is_open_clip(clip_g)):
-            raise ValueError(f"an SDXL conditioner of {type(clip_l).__name__} and {type(clip_g).__name__}")
+            raise MappingError(f"an SDXL conditioner of {type(clip_l).__name__} and {type(clip_g).__name__}")
         wrapped = clip_l.wrapped
         if getattr(opts, "sdxl_clip_l_skip", False) is True:
             first = WebuiClipTower(clip_l, -clip_skip, False, inversion)
@@ -136,11 +95,40 @@ def towers_for(sd_model, opts, inversion: TextualInversion) -> list[Tower]:
         else:
             first = WebuiClipTower(clip_l, int(wrapped.layer_idx), False, inversion)
         g_layer = -2 if getattr(clip_g.wrapped, "layer", "penultimate") == "penultimate" else -1
-        return [first, OpenClipTower(clip_g, g_layer, False, inversion)]
+        return clip_l, [first, OpenClipTower(clip_g, g_layer, False, inversion)]
     embedder = sd_model.cond_stage_model
     if _is_open_clip(embedder):  # SD 2.x: clip skip does not apply
         layer_idx = int(getattr(embedder.wrapped, "layer_idx", 0) or 0)
-        return [OpenClipTower(embedder, -(layer_idx + 1), True, inversion)]
+        return embedder, [OpenClipTower(embedder, -(layer_idx + 1), True, inversion)]
     if _is_hf_clip(embedder):
-        return [WebuiClipTower(embedder, -clip_skip, True, inversion)]
-    raise ValueError(f"a text encoder of type {type(embedder).__name__}")
+        return embedder, [WebuiClipTower(embedder, -clip_skip, True, inversion)]
+    raise MappingError(f"a text encoder of type {type(embedder).__name__}")
+
+
+def fragments(emphasis: str):
+    """The WebUI's emphasis parser: `(text, weight)` pieces of a line, `BREAK` with weight -1 (with emphasis
+    "None" the WebUI reads the line literally)."""
+
+    def parse(line: str) -> list[tuple[str, float]]:
+        if emphasis == "None":
+            return [(line, 1.0)]
+        from modules import prompt_parser
+
+        return [(text, weight) for text, weight in prompt_parser.parse_prompt_attention(line)]
+
+    return parse
+
+
+def parts_for(sd_model, opts) -> list[ClipPart]:
+    """The parts of an A1111 model's conditioning rows: one, its CLIP encoder(s)."""
+    from modules import devices
+
+    emphasis = str(getattr(opts, "emphasis", "Original"))
+    inversion = TextualInversion()
+    try:
+        engine, towers = _towers(sd_model, opts, inversion)
+    except (AttributeError, IndexError, ValueError) as error:
+        raise MappingError(f"the model's text transformers cannot be driven directly: {error}") from error
+    if not hasattr(engine, "tokenize_line"):
+        raise MappingError(f"the model's text encoder ({type(engine).__name__}) has no `tokenize_line`")
+    return [ClipPart(engine, towers, inversion, emphasis, fragments(emphasis), devices.autocast)]

@@ -1,16 +1,18 @@
-"""The encoder adapter: token rows from the WebUI's own tokenize_line (emphasis, BREAK, embeddings)."""
+"""A1111 CLIP parts: token rows from the WebUI's own tokenize_line (emphasis, BREAK, embeddings), items alone through
+its own transformers."""
 
 from __future__ import annotations
 
 import torch
 from modules import sd_hijack, shared
 
-from extension.webui_encoder import WebuiEncoder, escape
+from extension.a1111 import parts_for
+from extension.line_layout import escape
 from flowcore.encoders.base import ItemRequest
 
 
 def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
-    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    encoder = parts_for(shared.sd_model, shared.opts)[0]
     line = encoder.line_layout("a (big:1.2) \\(red\\) car BREAK a [tiny] dog")
     layout = line.layout
     assert layout.text == "a big (red) car BREAK a tiny dog"
@@ -23,8 +25,8 @@ def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
 
 
 def test_textual_inversion_rows_map_to_the_embedding_name(webui, monkeypatch):
-    encoder = WebuiEncoder(shared.sd_model, shared.opts)
-    zebra = encoder.clip.tokenize(["zebra"])[0][0]
+    encoder = parts_for(shared.sd_model, shared.opts)[0]
+    zebra = encoder.engine.tokenize(["zebra"])[0][0]
 
     class Embedding:
         name = "zebra"
@@ -41,13 +43,13 @@ def test_textual_inversion_rows_map_to_the_embedding_name(webui, monkeypatch):
 
 
 def _ids(encoder, text):
-    return tuple(encoder.clip.tokenize([text])[0])
+    return tuple(encoder.engine.tokenize([text])[0])
 
 
 def test_items_alone_equal_the_webuis_own_encode_of_their_text(webui):
     for clip_skip in (1, 2):
         shared.opts.CLIP_stop_at_last_layers = clip_skip
-        encoder = WebuiEncoder(shared.sd_model, shared.opts)
+        encoder = parts_for(shared.sd_model, shared.opts)[0]
         zebra, station = (ItemRequest(text, _ids(encoder, text)) for text in ("standing zebra", "bus (station)"))
         items = encoder.encode_isolated([zebra, station])
         with torch.no_grad():
@@ -61,7 +63,7 @@ def test_items_alone_sit_at_their_prompt_positions(webui):
     """Against the model's own forward pass with the position ids written out (clip skip 2: the penultimate
     layer, then the final norm)."""
     shared.opts.CLIP_stop_at_last_layers = 2
-    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    encoder = parts_for(shared.sd_model, shared.opts)[0]
     ids = _ids(encoder, "standing zebra")
     (item,) = encoder.encode_isolated([ItemRequest("standing zebra", ids, start=7)])
     transformer = shared.sd_model.cond_stage_model.wrapped.transformer
@@ -75,7 +77,7 @@ def test_items_alone_sit_at_their_prompt_positions(webui):
 
 
 def test_items_alone_take_one_forward_call_whatever_their_number(webui):
-    encoder = WebuiEncoder(shared.sd_model, shared.opts)
+    encoder = parts_for(shared.sd_model, shared.opts)[0]
     calls = []
     first_layer = encoder.towers[0].layers[0]
     handle = first_layer.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))

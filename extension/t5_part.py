@@ -1,0 +1,130 @@
+"""The T5 rows of a Forge conditioning (Flux, Chroma, SD 3.5) as a `flowcore` text encoder.
+
+Forge's T5 engine lays a line out with no start token: its tokens, the end token (id 1), then padding (id 0)
+up to 256 rows or to the longest chunk, all of it attended. T5 is bidirectional with relative positions, so an
+item alone is encoded as Forge would encode the item's text as a whole prompt: its tokens, the end token and
+the padding, through the engine's own `encode_with_transformers` (batched, one call for all items); where it
+sits does not change its rows. Emphasis is applied per chunk, so each chunk's "Original" rescale is recovered
+from the conditioning itself (`row_scale`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+
+from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.layout import PromptLayout
+
+from .line_layout import LineLayout, escape, fast_tokens, layout_line
+
+
+class T5Part:
+    """A Forge `T5TextProcessingEngine` as a `flowcore.encoders.TextEncoder`."""
+
+    name = "T5"
+    causal = False
+    supports_positions = False
+
+    def __init__(
+        self,
+        engine,
+        emphasis: str,
+        fragments: Callable[[str], list[tuple[str, float]]],
+        context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
+        self.engine = engine
+        self.emphasis = emphasis
+        self.fragments = fragments
+        self.context = context
+        self._empty: Encoding | None = None
+
+    def identity(self) -> str:
+        settings = (type(self).__name__, self.emphasis, int(self.engine.min_length))
+        return weights_fingerprint(self.engine.text_encoder, settings=settings)
+
+    @property
+    def width(self) -> int:
+        return int(self.empty().rows.shape[-1])
+
+    # --- layout ---
+
+    def line_layout(self, line: str) -> LineLayout:
+        """Where each token of `line` sits: the engine's chunks, padded to the longest as Forge pads them."""
+        chunks, _ = self.engine.tokenize_line(line)
+        rows = max(len(chunk.tokens) for chunk in chunks)
+        for chunk in chunks:
+            missing = rows - len(chunk.tokens)
+            chunk.tokens = list(chunk.tokens) + [self.engine.id_pad] * missing
+            chunk.multipliers = list(chunk.multipliers) + [1.0] * missing
+        return layout_line(
+            self.fragments(line),
+            chunks,
+            fast_tokens(self.engine.tokenizer),
+            leading=0,
+            filler_ids={self.engine.id_end, self.engine.id_pad},
+        )
+
+    def layout(self, text: str) -> PromptLayout:
+        return self.line_layout(text if self.emphasis == "None" else escape(text)).layout
+
+    # --- encodes ---
+
+    def _run(self, sequences: Sequence[list[int]]) -> torch.Tensor:
+        """`(batch, rows, dim)` for sequences of equal length, through the engine's own transformer call."""
+        with self.context(), torch.no_grad():
+            return self.engine.encode_with_transformers(torch.tensor(list(sequences))).float()
+
+    def encode(self, layout: PromptLayout) -> Encoding:
+        rows = layout.format.rows
+        sequences = []
+        for chunk in layout.chunks:
+            ids = [token.id for token in chunk] + [self.engine.id_end]
+            sequences.append(ids + [self.engine.id_pad] * (rows - len(ids)))
+        encoded = self._run(sequences)  # (chunks, rows, dim)
+        return Encoding(encoded.reshape(-1, encoded.shape[-1]))
+
+    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
+        if not requests:
+            return []
+        length = max(int(self.engine.min_length), max(len(r.token_ids) for r in requests) + 1)
+        sequences = []
+        for request in requests:
+            ids = [*request.token_ids, self.engine.id_end]
+            sequences.append(ids + [self.engine.id_pad] * (length - len(ids)))
+        encoded = self._run(sequences)
+        return [
+            IsolatedItem(request.text, list(request.token_ids), encoded[index, : len(request.token_ids)])
+            for index, request in enumerate(requests)
+        ]
+
+    def empty(self) -> Encoding:
+        if self._empty is None:
+            self._empty = self.encode(self.layout(""))
+        return self._empty
+
+    def rederive(self, layout: PromptLayout, replaced) -> Encoding:
+        raise NotImplementedError("T5 is bidirectional: its end-token and padding rows are left as encoded")
+
+    # --- emphasis ---
+
+    def row_scale(self, encoding: torch.Tensor, line: LineLayout) -> torch.Tensor:
+        """Each row's emphasis factor `(rows, width)`. In "Original" mode Forge multiplies a chunk's rows by
+        their weights and rescales the chunk to keep its mean: the rescale keeps the mean, so it is the mean of
+        the rows divided by their weights over the mean of the rows."""
+        rows, width = encoding.shape
+        multipliers = line.multipliers.to(encoding.device)
+        if self.emphasis in ("Ignore", "None"):
+            multipliers = torch.ones_like(multipliers)
+        scale = multipliers[:, None].expand(rows, width).clone()
+        if self.emphasis != "Original":
+            return scale
+        chunk_rows = line.layout.format.rows
+        for first in range(0, rows, chunk_rows):
+            chunk = slice(first, first + chunk_rows)
+            mean = encoding[chunk].float().mean()
+            if mean != 0:
+                scale[chunk] *= (encoding[chunk].float() / scale[chunk]).mean() / mean
+        return scale
