@@ -76,6 +76,7 @@ class ClipPart(TowerEncoder):
     """
 
     name = "CLIP"
+    active = True  # its rows are patched (see `t5_part.T5Part.active`)
 
     def __init__(
         self,

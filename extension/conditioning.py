@@ -186,6 +186,7 @@ def patch_target(
     marked_plain = plain_text(parts[0][0].fragments(target.marked_line))
     if any(parse_markers(marked_plain).text != line.layout.text for _, _, line, _, _ in pieces):
         raise MappingError(f"{target.marked_line!r}: markers change how the WebUI parses the prompt")
+    pieces = [piece for piece in pieces if piece[0].active]
     # 2. Emphasis out.
     scales, joint = [], []
     for part, patcher, line, row_slice, columns in pieces:

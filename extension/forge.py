@@ -95,8 +95,9 @@ def parts_for(sd_model, opts) -> list[ClipPart | T5Part]:
     if "clip_l" in found and "clip_g" in found:
         towers = [ForgeClipTower(found["clip_l"], inversion), ForgeClipTower(found["clip_g"], inversion)]
         parts.append(ClipPart(found["clip_l"], towers, inversion, emphasis, parse, context))
-    if "t5" in found and ("clip_g" not in found or getattr(opts, "sd3_enable_t5", True)):
-        parts.append(T5Part(found["t5"], emphasis, parse, context))
+    if "t5" in found:  # SD 3.5 with T5 off: its rows are zeros, laid out to find where they are, never patched
+        active = "clip_g" not in found or bool(getattr(opts, "sd3_enable_t5", True))
+        parts.append(T5Part(found["t5"], emphasis, parse, context, active=active))
     if not parts:
         raise MappingError(f"no text engine of {type(sd_model).__name__} gives conditioning rows")
     return parts

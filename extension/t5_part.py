@@ -34,8 +34,10 @@ class T5Part:
         emphasis: str,
         fragments: Callable[[str], list[tuple[str, float]]],
         context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        active: bool = True,
     ):
         self.engine = engine
+        self.active = active  # False: the rows are there (zeros) but not T5's; they are left alone
         self.emphasis = emphasis
         self.fragments = fragments
         self.context = context

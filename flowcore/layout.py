@@ -98,12 +98,16 @@ class PromptLayout:
     def item_rows(self, start: int, end: int) -> list[int]:
         """Rows of an item spanning [start, end): the tokens overlapping it, and before them any tokens of
         whitespace alone that lead into it (SentencePiece's lone word-start `▁`), so that the item's tokens
-        are those its text gets when it is tokenized alone."""
+        are those its text gets when it is tokenized alone. Where the item's first token already is such a
+        word start (two tokens at the same offset: a dummy prefix, when the host tokenized the item's text as
+        a fragment of its own), nothing before it is taken."""
         placed = self.token_rows()
         rows = self.rows_for_span(start, end)
         if not rows:
             return rows
         index = next(i for i, (row, _) in enumerate(placed) if row == rows[0])
+        if index + 1 < len(placed) and placed[index + 1][1].start == placed[index][1].start:
+            return rows
         while index > 0:
             row, token = placed[index - 1]
             follows = placed[index][1]

@@ -33,14 +33,21 @@ def byte_level_bpe() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
 
 
+def _metaspace(kind):
+    """A `▁` dummy-prefix Metaspace step; tokenizers before 0.14 (the A1111 WebUI's) spell `prepend_scheme`
+    as `add_prefix_space`."""
+    try:
+        return kind.Metaspace(replacement="▁", prepend_scheme="always")
+    except TypeError:
+        return kind.Metaspace(replacement="▁", add_prefix_space=True)
+
+
 def sentencepiece(start_token: bool) -> PreTrainedTokenizerFast:
     """T5-style (`start_token=False`: no BOS, EOS `</s>`, pad `<pad>`) or Llama-2-style (BOS `<s>`, EOS `</s>`):
     `▁` word starts with a dummy prefix, digits split one by one."""
     tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"), pre_tokenizers.Digits(True)]
-    )
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([_metaspace(pre_tokenizers), pre_tokenizers.Digits(True)])
+    tokenizer.decoder = _metaspace(decoders)
     specials = ["<pad>", "</s>", "<unk>", "<s>"]
     trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>")
     tokenizer.train_from_iterator(CORPUS, trainer)

@@ -16,7 +16,10 @@ Networks here are synthetic: ``register_network(name, seed, rank, scale)`` (``st
 makes a LoRA over every Linear of the text encoders and every ``MultiheadAttention`` (its q/k/v rows
 of ``in_proj_weight`` and ``out_proj``); layer ``k``'s delta is ``scale * up @ down`` with ``up``
 ``(out, rank)`` and ``down`` ``(rank, in)`` drawn from N(0, 1) with a generator seeded from ``seed``
-and the layer's name (``NetworkModule.up_down``)."""
+and the layer's name (``NetworkModule.up_down``).
+
+Forge mode (a Forge engine loaded): ``load_networks`` is Forge's (``forge_standin.load_networks``): the
+clip patcher gets the patches and ``backend.memory_management.load_model_gpu`` merges them."""
 
 from __future__ import annotations
 
@@ -160,6 +163,10 @@ def load_network(name, network_on_disk) -> Network:
 
 
 def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
+    if _forge_loaded():
+        import forge_standin
+
+        return forge_standin.load_networks(names, te_multipliers, unet_multipliers, dyn_dims)
     already_loaded = {net.name: net for net in loaded_networks if net.name in names}
     loaded_networks.clear()
     failed = []
@@ -186,6 +193,11 @@ def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=No
     # lora_in_memory_limit is 0 by default: nothing stays cached beyond the loaded ones
     while len(networks_in_memory) > shared.opts.lora_in_memory_limit and networks_in_memory:
         networks_in_memory.pop(next(iter(networks_in_memory)))
+
+
+def _forge_loaded() -> bool:
+    """Forge mode (a Forge engine is loaded): ``load_networks`` is Forge's (``forge_standin``)."""
+    return hasattr(shared.sd_model, "forge_objects_original")
 
 
 def _backup(weight):

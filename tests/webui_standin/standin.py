@@ -1,7 +1,8 @@
 """Build a WebUI stand-in with a tiny random-weight model and drive a txt2img through it.
 
     import standin
-    webui = standin.WebUI("sd1")            # or "sd2", "sdxl"; installs the stand-in modules
+    webui = standin.WebUI("sd1")            # or "sd2", "sdxl", "forge-sd15", "forge-sdxl",
+                                            # "forge-sd35", "forge-flux", "forge-flux-schnell"
     webui.add_script(MyScript)              # or webui.load_script_file(path)
     res = webui.txt2img(prompt="a cat AND a dog", steps=4,
                         alwayson={"my script": [True, 0.5]})
@@ -48,6 +49,7 @@ def install():
 install()
 
 import extra_networks_lora  # noqa: E402
+import forge_standin  # noqa: E402
 import networks  # noqa: E402
 import open_clip_text  # noqa: E402
 import torch  # noqa: E402
@@ -151,12 +153,15 @@ def make_sdxl_model(seed=0, dim_l=32, dim_g=48, layers=3, size_dim=8, name="stan
 # ------------------------------------------------------------------------------------------
 
 
-def reset():
-    """Forget everything a previous test left behind (the real WebUI never does this)."""
-    processing.StableDiffusionProcessing.cached_c = [None, None]
-    processing.StableDiffusionProcessing.cached_uc = [None, None]
-    processing.StableDiffusionProcessingTxt2Img.cached_hr_c = [None, None]
-    processing.StableDiffusionProcessingTxt2Img.cached_hr_uc = [None, None]
+def reset(forge=False):
+    """Forget everything a previous test left behind (the real WebUI never does this). ``forge``: the
+    state Forge starts with (three-element cond caches, no A1111 Lora callback, empty embeddings folder,
+    no loaded models)."""
+    empty = [None, None, None] if forge else [None, None]
+    processing.StableDiffusionProcessing.cached_c = list(empty)
+    processing.StableDiffusionProcessing.cached_uc = list(empty)
+    processing.StableDiffusionProcessingTxt2Img.cached_hr_c = list(empty)
+    processing.StableDiffusionProcessingTxt2Img.cached_hr_uc = list(empty)
     processing.sampling_records.clear()
     extra_networks.activations.clear()
     script_callbacks.clear_callbacks()
@@ -171,23 +176,34 @@ def reset():
     networks.install_patches()
     extra_networks.initialize()
     extra_networks.register_extra_network(extra_networks_lora.ExtraNetworkLora())
-    script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
+    if forge:
+        forge_standin.reset()
+    else:
+        script_callbacks.on_model_loaded(networks.assign_network_names_to_compvis_modules)
 
 
 class WebUI:
     """One stand-in WebUI: a loaded model (``shared.sd_model``), registered scripts, a txt2img."""
 
     def __init__(self, family="sd1", *, model=None, seed=0, with_xyz_grid=True, fresh=True):
+        self.forge = family.startswith("forge-") or (model is not None and forge_standin.is_forge_model(model))
         if fresh:
-            reset()
+            reset(forge=self.forge)
         if model is None:
-            model = {"sd1": make_sd1_model, "sd2": make_sd2_model, "sdxl": make_sdxl_model}[family](seed)
+            if self.forge:
+                model = forge_standin.make_model(family, seed)
+            else:
+                model = {"sd1": make_sd1_model, "sd2": make_sd2_model, "sdxl": make_sdxl_model}[family](seed)
         self.model = model
         shared.sd_model = model
-        sd_hijack.model_hijack.hijack(model)
-        # what loading a checkpoint does: model_loaded callbacks (Lora layer names), embeddings reloaded
-        script_callbacks.model_loaded_callback(model)
-        sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+        if self.forge:
+            # sd_models.forge_model_reload: the engines read the embeddings folder when built
+            script_callbacks.model_loaded_callback(model)
+        else:
+            sd_hijack.model_hijack.hijack(model)
+            # what loading a checkpoint does: model_loaded callbacks (Lora layer names), embeddings reloaded
+            script_callbacks.model_loaded_callback(model)
+            sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
         self.runner: scripts.ScriptRunner | None = None
         if with_xyz_grid:
             scripts.load_script_file(str(HERE / "builtin_scripts" / "xyz_grid.py"))
@@ -261,6 +277,8 @@ class WebUI:
         except Exception:
             schedules = [[[params.steps, text]]]
         texts = [t for schedule in schedules for _, t in schedule]
+        if self.forge:  # Forge's model_hijack.get_prompt_lengths -> sd_model.get_prompt_lengths_on_ui
+            return max((shared.sd_model.get_prompt_lengths_on_ui(t) for t in texts), key=lambda x: x[0])
         return max((sd_hijack.model_hijack.get_prompt_lengths(t) for t in texts), key=lambda x: x[0])
 
 
@@ -271,6 +289,8 @@ def add_embedding(name, vectors=1, seed=0, scale=0.5, model=None) -> textual_inv
     ``Embedding`` (or the skipped one when its width does not fit the model). Its ``vec`` is
     ``(vectors, dim)`` (SD1/SD2) or ``{"clip_l": (vectors, dim_l), "clip_g": (vectors, dim_g)}`` (SDXL)."""
     model = model or shared.sd_model
+    if forge_standin.is_forge_model(model):
+        return forge_standin.add_embedding(model, name, vectors=vectors, seed=seed, scale=scale)
     generator = torch.Generator().manual_seed(seed)
 
     def width(token_embedding):
@@ -301,14 +321,17 @@ def add_embedding(name, vectors=1, seed=0, scale=0.5, model=None) -> textual_inv
 def add_lora(name, seed=0, rank=4, scale=0.1) -> networks.NetworkOnDisk:
     """Put a synthetic LoRA ``name`` into the Lora folder: ``<lora:name:m>`` then adds
     ``m * scale * up @ down`` (rank ``rank``, from ``seed`` and each layer's name) to every Linear
-    and MultiheadAttention of the text encoders (see ``networks``)."""
+    and MultiheadAttention of the text encoders (see ``networks``). Forge mode: the same folder entry;
+    ``<lora:name:m>`` gives the clip patcher patches that ``load_model_gpu`` merges (``forge_standin``)."""
     return networks.register_network(name, seed=seed, rank=rank, scale=scale)
 
 
 def text_encoder(model=None):
     """The object with ``tokenize_line``: A1111 SD1/SD2 ``cond_stage_model``, SDXL
-    ``conditioner.embedders[0]`` (CLIP-L)."""
+    ``conditioner.embedders[0]`` (CLIP-L); Forge the CLIP-L ``ClassicTextProcessingEngine``."""
     model = model or shared.sd_model
+    if forge_standin.is_forge_model(model):
+        return forge_standin.text_engines(model)[0]
     if getattr(model, "is_sdxl", False):
         return model.conditioner.embedders[0]
     return model.cond_stage_model

@@ -744,3 +744,349 @@ def test_lora_reaches_open_clip_attention_and_mlp(family):
     else:
         assert not torch.allclose(with_lora, plain, atol=1e-4)
     assert [n.te_multiplier for n in networks.loaded_networks] == [1.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Forge mode (lllyasviel/stable-diffusion-webui-forge dfdcbab6)
+# --------------------------------------------------------------------------------------------
+
+
+def _forge(family):
+    return standin.WebUI(family)
+
+
+def _hf(transformer, ids):
+    """A CLIPTextModel run directly: (hidden_states, pooler_output, final_layer_norm)."""
+    out = transformer(input_ids=torch.tensor(ids), output_hidden_states=True)
+    norm = getattr(transformer, "text_model", transformer).final_layer_norm
+    return out.hidden_states, out.pooler_output, norm
+
+
+def _plain_rows(token_embedding_owner):
+    return getattr(token_embedding_owner.token_embedding, "wrapped", token_embedding_owner.token_embedding)
+
+
+def test_forge_backend_names_and_engine_attributes():
+    webui = _forge("forge-sd15")
+    from backend import memory_management
+    from backend.text_processing import classic_engine, emphasis, parsing
+    from transformers import CLIPTextModel
+
+    model = webui.model
+    engine = model.text_processing_engine
+    assert type(model).__name__ == "StableDiffusion" and model.is_sd1 and not model.is_sdxl
+    assert model.cond_stage_model is None and model.forge_objects.clip.cond_stage_model.clip_l is engine.text_encoder
+    assert isinstance(engine, classic_engine.ClassicTextProcessingEngine) and not isinstance(engine, torch.nn.Module)
+    assert isinstance(engine.text_encoder.transformer, CLIPTextModel)
+    assert (engine.id_start, engine.id_end, engine.id_pad, engine.chunk_length) == (49406, 49407, 49407, 75)
+    assert (engine.clip_skip, engine.minimal_clip_skip, engine.final_layer_norm, engine.return_pooled) == (
+        1,
+        1,
+        True,
+        False,
+    )
+    assert engine.embedding_key == "clip_l" and engine.embeddings.expected_shape == 32
+    wrapper = engine.text_encoder.transformer.text_model.embeddings.token_embedding
+    assert isinstance(wrapper, classic_engine.CLIPEmbeddingForTextualInversion)
+    assert wrapper.embeddings is engine.embeddings and wrapper.textual_inversion_key == "clip_l"
+    assert memory_management.text_encoder_device() == torch.device("cpu")
+    assert parsing.parse_prompt_attention("a (b:1.5) BREAK c", "Original") == [
+        ["a ", 1.0],
+        ["b", 1.5],
+        ["", 1.0],
+        ["BREAK", -1],
+        ["c", 1.0],
+    ]
+    assert parsing.parse_prompt_attention("a (b:1.5) BREAK c", "None") == [["a (b:1.5) BREAK c", 1.0]]
+    assert emphasis.get_current_option("No norm").name == "No norm"
+    assert standin.text_encoder() is engine
+    sdxl = _forge("forge-sdxl").model
+    g = sdxl.text_processing_engine_g
+    assert (g.id_pad, g.clip_skip, g.minimal_clip_skip, g.return_pooled, g.text_projection) == (0, 2, 2, True, True)
+    assert sdxl.text_processing_engine_l.embeddings.expected_shape == 32 + 48 == g.embeddings.expected_shape
+
+
+def test_forge_sd15_matches_a1111_except_the_fixed_comma_backtrack():
+    """Same CLIP weights: Forge's engine gives the A1111 stand-in's conds (checked there by hand),
+    emphasis and clip skip included; Forge's comma backtrack is always 20."""
+    a1111 = standin.make_sd1_model(seed=0)
+    forge = _forge("forge-sd15").model
+    prompts = ["a photo of a (cat:1.3)", "a [dog] BREAK on grass", "cat " * 80]
+    for skip in (1, 2):
+        shared.opts.CLIP_stop_at_last_layers = skip
+        forge.set_clip_skip(skip)
+        assert torch.allclose(
+            forge.get_learned_conditioning(prompts), a1111.get_learned_conditioning(prompts), atol=1e-5
+        )
+    engine = forge.text_processing_engine
+    text = "cat " * 70 + ", dog dog dog dog dog dog dog"
+    shared.opts.comma_padding_backtrack = 0
+    chunks, _ = engine.tokenize_line(text)
+    assert chunks[0].tokens[72:76] == [49407] * 4 and chunks[1].tokens[1:8] == [1929] * 7
+
+
+def test_forge_get_learned_conditioning_loads_the_clip_patcher_under_inference_mode():
+    webui = _forge("forge-sd15")
+    from backend import memory_management
+
+    model = webui.model
+    z = model.get_learned_conditioning(["a cat"])
+    assert memory_management.load_calls == [model.forge_objects.clip.patcher]
+    assert memory_management.current_loaded_models[0].model is model.forge_objects.clip.patcher
+    assert z.is_inference()
+    transformer = model.text_processing_engine.text_encoder.transformer
+    hidden, _, norm = _hf(transformer, [[49406, 320, 2368] + [49407] * 74])
+    assert torch.allclose(z[0], norm(hidden[-1])[0], atol=1e-5)
+
+
+def test_forge_sdxl_conds_by_hand():
+    webui = _forge("forge-sdxl")
+    model = webui.model
+    texts = prompt_parser.SdConditioning(["a cat"], width=64, height=48)
+    cond = model.get_learned_conditioning(texts)
+    assert cond["crossattn"].shape == (1, 77, 80) and cond["vector"].shape == (1, 48 + 6 * 8)
+    ids = [49406, 320, 2368, 49407]
+    clip_l = model.forge_objects.clip.cond_stage_model.clip_l.transformer
+    clip_g = model.forge_objects.clip.cond_stage_model.clip_g.transformer
+    hidden_l, _, _ = _hf(clip_l, [ids + [49407] * 73])
+    hidden_g, pooled_g, _ = _hf(clip_g, [ids + [0] * 73])  # G pads with "!" (0) after the first EOS
+    assert torch.allclose(cond["crossattn"][0, :, :32], hidden_l[-2][0], atol=1e-5)
+    assert torch.allclose(cond["crossattn"][0, :, 32:], hidden_g[-2][0], atol=1e-5)
+    assert torch.allclose(cond["vector"][0, :48], clip_g.text_projection(pooled_g)[0], atol=1e-5)
+    half = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
+    sizes = [48, 64, 0, 0, 48, 64]  # height, width, crop top, crop left, target height, target width
+    expected = torch.cat([torch.cat([torch.cos(v * half), torch.sin(v * half)]) for v in sizes])
+    assert torch.allclose(cond["vector"][0, 48:], expected, atol=1e-5)
+    empty = model.get_learned_conditioning(prompt_parser.SdConditioning([""], is_negative_prompt=True))
+    assert torch.all(empty["crossattn"] == 0) and torch.all(empty["vector"][:, :48] == 0)
+    assert torch.any(empty["vector"][:, 48:] != 0)
+
+
+def test_forge_sd35_crossattn_layout():
+    webui = _forge("forge-sd35")
+    model = webui.model
+    joint = model.forge_objects.clip.cond_stage_model
+    ids = [49406, 320, 2368, 49407]
+    hidden_l, pooled_l, _ = _hf(joint.clip_l.transformer, [ids + [49407] * 73])
+    hidden_g, pooled_g, _ = _hf(joint.clip_g.transformer, [ids + [0] * 73])
+    cond = model.get_learned_conditioning(["a cat"])
+    assert cond["crossattn"].shape == (1, 77 + 256, 64) and cond["vector"].shape == (1, 16 + 32)
+    assert torch.allclose(cond["crossattn"][0, :77, :16], hidden_l[-1][0], atol=1e-5)  # no final norm
+    assert torch.allclose(cond["crossattn"][0, :77, 16:48], hidden_g[-1][0], atol=1e-5)
+    assert torch.all(cond["crossattn"][0, :77, 48:] == 0) and torch.all(cond["crossattn"][0, 77:] == 0)  # T5 off
+    # L's pooled is NOT projected (Forge projects only when embedding_key != "clip_l"), G's is
+    assert torch.allclose(cond["vector"][0, :16], pooled_l[0], atol=1e-5)
+    assert torch.allclose(cond["vector"][0, 16:], joint.clip_g.transformer.text_projection(pooled_g)[0], atol=1e-5)
+    shared.opts.sd3_enable_t5 = True
+    with_t5 = model.get_learned_conditioning(["a cat"])
+    t5_ids = standin.forge_standin.t5_tokenizer()(["a cat"], add_special_tokens=False)["input_ids"][0]
+    t5 = joint.t5xxl.transformer
+    row = torch.tensor([t5_ids + [1] + [0] * (255 - len(t5_ids))])
+    assert torch.allclose(with_t5["crossattn"][0, 77:], t5(input_ids=row)[0], atol=1e-5)
+    assert torch.allclose(with_t5["crossattn"][0, :77], cond["crossattn"][0, :77])
+
+
+def test_forge_t5_chunks_a_break_prompt_without_a_token_limit():
+    webui = _forge("forge-flux")
+    engine = webui.model.text_processing_engine_t5
+    tok = standin.forge_standin.t5_tokenizer()
+    # each emphasis fragment is tokenized on its own ("a " then "red car")
+    a, b1, b2 = (tok([t], add_special_tokens=False)["input_ids"][0] for t in ("a cat", "a ", "red car"))
+    b = b1 + b2
+    chunks, count = engine.tokenize_line("a cat BREAK a (red car:1.5)")
+    assert [len(c.tokens) for c in chunks] == [256, 256] and count == len(a) + 1 + len(b) + 1
+    assert chunks[0].tokens == a + [1] + [0] * (255 - len(a))
+    assert chunks[1].tokens[: len(b) + 1] == b + [1] and chunks[1].tokens[len(b) + 1 :] == [0] * (255 - len(b))
+    assert chunks[1].multipliers[: len(b) + 1] == [1.0] * len(b1) + [1.5] * len(b2) + [1.0]
+    long_chunks, long_count = engine.tokenize_line("a red car " * 100)
+    assert len(long_chunks) == 1 and len(long_chunks[0].tokens) == long_count > 256  # not cut, not split
+    # __call__: every chunk encoded alone and stacked -> one batch entry PER CHUNK (Forge's layout)
+    z = engine(["a cat BREAK a red car"])
+    t5 = engine.text_encoder
+    assert z.shape == (2, 256, 64)
+    first = t5(input_ids=torch.tensor([chunks[0].tokens]))[0]
+    assert torch.allclose(z[0], first, atol=1e-5)
+    # Flux's per-prompt split keeps the first chunk only
+    cond = webui.model.get_learned_conditioning(["a cat BREAK a red car"])
+    c = prompt_parser.get_learned_conditioning(webui.model, ["a cat BREAK a red car"], 4)[0][0].cond
+    assert cond["crossattn"].shape[0] == 2 and torch.allclose(c["crossattn"], first, atol=1e-5)
+
+
+def test_forge_flux_conds_guidance_and_schnell():
+    webui = _forge("forge-flux")
+    model = webui.model
+    assert type(model).__name__ == "Flux" and type(model.model_config).__name__ == "Flux"
+    assert model.use_distilled_cfg_scale and not (model.is_sd1 or model.is_sdxl or model.is_sd3)
+    res = webui.txt2img(prompt="a cat", steps=2, distilled_cfg_scale=2.5)
+    c = res.sampling_records[0].text_cond[0]
+    assert set(c) == {"crossattn", "vector", "guidance"} and c["guidance"].tolist() == [2.5]
+    hidden, pooled, _ = _hf(
+        model.text_processing_engine_l.text_encoder.transformer, [[49406, 320, 2368] + [49407] * 74]
+    )
+    assert torch.allclose(c["vector"][0], pooled[0], atol=1e-5)
+    t5_ids = standin.forge_standin.t5_tokenizer()(["a cat"], add_special_tokens=False)["input_ids"][0]
+    t5 = model.text_processing_engine_t5.text_encoder
+    assert torch.allclose(
+        c["crossattn"][0], t5(input_ids=torch.tensor([t5_ids + [1] + [0] * (255 - len(t5_ids))]))[0], atol=1e-5
+    )
+    assert "Distilled CFG Scale: 2.5" in res.infotexts[0]
+    schnell = _forge("forge-flux-schnell")
+    assert type(schnell.model.model_config).__name__ == "FluxSchnell" and not schnell.model.use_distilled_cfg_scale
+    assert "guidance" not in schnell.txt2img(prompt="a cat", steps=2).sampling_records[0].text_cond[0]
+
+
+class ForgeRecorder(scripts.Script):
+    calls: list = []
+
+    def title(self):
+        return "ForgeRecorder"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return []
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        unet = p.sd_model.forge_objects.unet
+        self.calls.append((p.is_hr_pass, sorted(kwargs), kwargs["c"], kwargs["uc"], unet))
+        p.sd_model.forge_objects.unet = "patched by the script"
+
+
+def test_forge_hires_hook_twice_cfg1_and_inference_mode():
+    webui = _forge("forge-sd15")
+    ForgeRecorder.calls = []
+    webui.add_script(ForgeRecorder)
+    from modules import extra_networks
+
+    res = webui.txt2img(prompt="a cat", negative_prompt="ugly", steps=2, enable_hr=True, hr_second_pass_steps=2)
+    p = res.p
+    assert [(hr, keys) for hr, keys, *_ in ForgeRecorder.calls] == [
+        (False, ["c", "noise", "uc", "x"]),
+        (True, ["c", "noise", "uc", "x"]),
+        (True, ["c", "noise", "uc", "x"]),
+    ]
+    original_unet = webui.model.forge_objects_original.unet
+    # forge_objects is reset before the first-pass call and between the two hires calls
+    assert [call[4] for call in ForgeRecorder.calls] == [original_unet, "patched by the script", original_unet]
+    first, hires = res.sampling_records
+    assert first.inference_mode and hires.inference_mode
+    assert first.text_uncond[0] is not None and first.cfg_scale == 7.0
+    # hr_cfg defaults to 1 in Forge: no hires uncond, and the hires conds were made in setup_conds
+    assert p.hr_cfg == 1.0 and hires.uc is None and hires.text_uncond == [None, None] and hires.cfg_scale == 1.0
+    assert ForgeRecorder.calls[1][3] is None and ForgeRecorder.calls[1][2] is ForgeRecorder.calls[2][2]
+    assert [(i, hr) for i, hr, _ in extra_networks.activations] == [(0, False), (0, False), (0, False), (0, True)]
+    # CFG scale 1: no uncond at all (the negative prompt is never encoded)
+    ForgeRecorder.calls = []
+    res = webui.txt2img(prompt="a dog", negative_prompt="never encoded", steps=2, cfg_scale=1)
+    assert res.p.uc is None and res.sampling_records[0].text_uncond == [None, None]
+    assert ForgeRecorder.calls[0][3] is None
+    cached_negative = StableDiffusionProcessing.cached_uc[0][0]  # still the first run's key
+    assert list(cached_negative) == ["ugly"]
+    with pytest.raises(TypeError):  # Forge-only fields exist only in Forge mode
+        standin.WebUI("sd1").make_p(prompt="x", hr_cfg=2.0)
+    assert not errors.reported
+
+
+def test_forge_cond_cache_keeps_extra_params_and_keys_the_distilled_scale():
+    webui = _forge("forge-flux")
+    from backend import memory_management
+
+    standin.add_embedding("zorb", vectors=2, seed=1)
+    shared.opts.emphasis = "No norm"
+    res = webui.txt2img(prompt="a zorb (cat:1.2)", steps=2)
+    assert res.p.extra_generation_params["TI"] == "zorb" and res.p.extra_generation_params["Emphasis"] == "No norm"
+    assert "TI: zorb" in res.infotexts[0]
+    cache = StableDiffusionProcessing.cached_c
+    assert len(cache) == 3 and cache[2] == {"TI": "zorb", "Emphasis": "No norm"}
+    assert cache[0][1:3] == (3.5, 3.5)  # distilled_cfg_scale, hr_distilled_cfg right after the prompts
+    calls = len(memory_management.load_calls)
+    again = webui.txt2img(prompt="a zorb (cat:1.2)", steps=2)
+    assert len(memory_management.load_calls) == calls  # both conds from the caches
+    assert again.p.extra_generation_params["TI"] == "zorb"  # replayed from cache[2]
+    webui.txt2img(prompt="a zorb (cat:1.2)", steps=2, distilled_cfg_scale=2.0)
+    assert len(memory_management.load_calls) == calls + 2  # a new key for c and uc
+
+
+def test_forge_textual_inversion_matches_a1111_and_sdxl_writes_ti_twice():
+    import backend.text_processing.classic_engine as classic_engine
+
+    a1111 = standin.WebUI("sd1")
+    standin.add_embedding("zorb", vectors=3, seed=4)
+    reference = a1111.model.get_learned_conditioning(["a zorb cat"])
+    webui = _forge("forge-sd15")
+    emb = standin.add_embedding("zorb", vectors=3, seed=4)
+    engine = webui.model.text_processing_engine
+    assert emb.vectors == 3 and emb.shape == 32 and not hasattr(emb, "shorthash")
+    chunks, _ = engine.tokenize_line("a zorb cat")
+    assert chunks[0].fixes[0].offset == 1 and chunks[0].tokens[2:5] == [0, 0, 0]
+    classic_engine.last_extra_generation_params = {}
+    z = webui.model.get_learned_conditioning(["a zorb cat"])
+    assert torch.allclose(z, reference, atol=1e-5)
+    assert classic_engine.last_extra_generation_params == {"TI": "zorb"}
+    sdxl = _forge("forge-sdxl")
+    emb = standin.add_embedding("zorb", vectors=2, seed=5)
+    assert set(emb.vec) == {"clip_l", "clip_g"} and emb.shape == 80
+    res = sdxl.txt2img(prompt="a zorb cat", steps=2)
+    assert res.p.extra_generation_params["TI"] == "zorb, zorb"  # the L and the G engine each append
+    # SD3.5: L and G each take only embeddings of their own width; an SDXL-style one fits neither
+    sd35 = _forge("forge-sd35")
+    data = {"clip_l": torch.randn(1, 16), "clip_g": torch.randn(1, 32)}
+    skipped = standin.forge_standin.add_embedding(sd35.model, "both", data=data)
+    assert skipped.shape == 16 + 32 and "both" in sd35.model.text_processing_engine_g.embeddings.skipped_embeddings
+    flat = standin.add_embedding("flat", vectors=1, seed=6)  # (1, CLIP-L width): L registers it, G skips it
+    assert sd35.model.text_processing_engine_l.embeddings.word_embeddings["flat"] is flat
+    assert "flat" in sd35.model.text_processing_engine_g.embeddings.skipped_embeddings
+
+
+def _forge_linear_weights(joint):
+    return {n: m.weight.detach().clone() for n, m in joint.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize("family", ["forge-sd15", "forge-flux"])
+def test_forge_lora_is_merged_when_the_clip_patcher_loads(family):
+    import networks
+    from backend import memory_management
+    from backend.patcher.base import _with_text_model
+
+    webui = _forge(family)
+    model = webui.model
+    joint = model.forge_objects.clip.cond_stage_model
+    lora = standin.add_lora("detail", seed=3)
+    before = _forge_linear_weights(joint)
+    plain = webui.txt2img(prompt="a cat", steps=2).sampling_records[0].text_cond[0]
+    # load_networks only prepares a patched clone of the clip patcher ...
+    networks.load_networks(["detail"], [0.5], [0.5])
+    patched = model.forge_objects_after_applying_lora.clip
+    assert patched is not model.forge_objects_original.clip and patched.cond_stage_model is joint
+    assert all(torch.equal(w, before[n]) for n, w in _forge_linear_weights(joint).items())
+    q_proj = joint.clip_l.transformer.text_model.encoder.layers[0].self_attn.q_proj
+    old_parameter = q_proj.weight
+    # ... its weights change when that patcher is loaded
+    memory_management.load_model_gpu(patched.patcher)
+    assert q_proj.weight is not old_parameter  # a new Parameter, as Forge's LoraLoader sets it
+    after = _forge_linear_weights(joint)
+    for name, weight in after.items():
+        key = _with_text_model(joint, f"{name}.weight")
+        up, down = standin.forge_standin.lora_up_down(lora, key, weight.shape)
+        assert torch.allclose(weight, before[name] + 0.5 * up @ down, atol=1e-5), name
+    if family == "forge-flux":
+        assert any(n.startswith("t5xxl.") for n in after)
+    networks.load_networks([])
+    res = webui.txt2img(prompt="a cat <lora:detail:0.5>", steps=2)
+    assert res.p.extra_generation_params["Lora hashes"] == f"detail: {lora.shorthash}"
+    with_lora = res.sampling_records[0].text_cond[0]
+    key = "crossattn" if isinstance(plain, dict) else None
+    assert not torch.allclose(with_lora[key] if key else with_lora, plain[key] if key else plain, atol=1e-4)
+    assert all(torch.allclose(w, after[n], atol=1e-6) for n, w in _forge_linear_weights(joint).items())
+    # without the LoRA: the original patcher is loaded again and the loader puts the weights back
+    again = webui.txt2img(prompt="a cat", steps=2).sampling_records[0].text_cond[0]
+    assert all(torch.equal(w, before[n]) for n, w in _forge_linear_weights(joint).items())
+    assert torch.allclose(again[key] if key else again, plain[key] if key else plain, atol=1e-6)
+
+
+def test_forge_count_tokens():
+    assert _forge("forge-sd15").count_tokens("a photo of a cat") == (5, 75)
+    webui = _forge("forge-flux")
+    n = len(standin.forge_standin.t5_tokenizer()(["a photo of a cat"], add_special_tokens=False)["input_ids"][0])
+    assert webui.count_tokens("a photo of a cat") == (n, 255)

@@ -4,7 +4,19 @@ conds it sampled with.
 
 Each sampling pass appends a ``SamplingRecord`` to ``p.sampling_records`` (and to the module list
 ``sampling_records``): deep copies of ``c``/``uc`` as they were when sampling started, and the
-batched tensors the UNet would see at every step (after ``on_cfg_denoiser`` callbacks)."""
+batched tensors the UNet would see at every step (after ``on_cfg_denoiser`` callbacks).
+
+Forge mode (a Forge engine is loaded, see ``forge_standin``): Forge's ``modules/processing.py`` where it
+differs -- extra fields (``distilled_cfg_scale``, ``hr_cfg`` (default 1.0), ``hr_distilled_cfg``,
+``hr_additional_modules``), three-element cond caches ``[params, conds, extra_generation_params]``
+(``close`` still resets them to two elements, as Forge does), ``set_clip_skip`` and
+``classic_engine.last_extra_generation_params`` around each cond computation (into
+``sd_model.extra_generation_params``, replayed on cache hits), ``uc`` None when ``cfg_scale == 1``
+(``hr_uc`` None when ``hr_cfg == 1``), hires conds computed in ``setup_conds`` (with the hires extra
+networks activated, then the first pass's again), ``torch.inference_mode()`` around the batch loop,
+``forge_objects`` reset from ``forge_objects_original`` / ``forge_objects_after_applying_lora``, and
+``process_before_every_sampling`` twice in the hires pass (after ``before_hr``, then again after
+``forge_objects`` is reset)."""
 
 from __future__ import annotations
 
@@ -33,6 +45,13 @@ class SamplingRecord:
     text_uncond: list  # per step: the batched uncond tensor (or dict)
     conds_list: list  # per step: [(row, weight) per AND part] per image
     refiner_switched: bool = False
+    cfg_scale: float | None = None  # the guidance scale of the pass (Forge's hires pass: p.hr_cfg)
+    inference_mode: bool = False  # whether sampling ran under torch.inference_mode() (Forge)
+
+
+def _forge() -> bool:
+    """Forge mode: the loaded model is a Forge diffusion engine."""
+    return hasattr(shared.sd_model, "forge_objects_original")
 
 
 sampling_records: list[SamplingRecord] = []
@@ -57,6 +76,8 @@ class StandinSampler:
     def _run(self, pass_name, x, c, uc, steps):
         p = self.p
         record = SamplingRecord(pass_name, p.iteration, steps, copy.deepcopy(c), copy.deepcopy(uc), [], [], [])
+        record.inference_mode = torch.is_inference_mode_enabled()
+        record.cfg_scale = p.hr_cfg if (_forge() and p.is_hr_pass) else p.cfg_scale
         for step in range(steps):
             if self._refiner_due(record, step, steps):
                 shared.sd_model = p.refiner_checkpoint_info
@@ -65,12 +86,12 @@ class StandinSampler:
                 c, uc = p.get_conds()
                 record.refiner_switched = True
             conds_list, tensor = prompt_parser.reconstruct_multicond_batch(c, step)
-            uncond = prompt_parser.reconstruct_cond_batch(uc, step)
+            uncond = prompt_parser.reconstruct_cond_batch(uc, step) if uc is not None else None
             params = script_callbacks.CFGDenoiserParams(x, None, torch.ones(x.shape[0]), step, steps, tensor, uncond)
             script_callbacks.cfg_denoiser_callback(params)
             record.conds_list.append(conds_list)
             record.text_cond.append(_clone(params.text_cond))
-            record.text_uncond.append(_clone(params.text_uncond))
+            record.text_uncond.append(None if params.text_uncond is None else _clone(params.text_uncond))
         p.sampling_records.append(record)
         sampling_records.append(record)
         return x.clone()
@@ -142,19 +163,24 @@ _FIELDS: dict[str, Any] = dict(
 )
 
 
+_FORGE_FIELDS: dict[str, Any] = dict(distilled_cfg_scale=3.5)
+
+
 class StableDiffusionProcessing:
     cached_uc = [None, None]
     cached_c = [None, None]
     _fields = _FIELDS
+    _forge_fields = _FORGE_FIELDS
 
     def __init__(self, **kwargs):
-        unknown = set(kwargs) - set(self._fields)
+        fields = dict(self._fields, **self._forge_fields) if _forge() else self._fields
+        unknown = set(kwargs) - set(fields)
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
         self.scripts_value = None
         self.script_args_value = None
         self.scripts_setup_complete = False
-        for name, default in self._fields.items():
+        for name, default in fields.items():
             if name in ("sd_model", "script_args"):
                 continue
             setattr(self, name, kwargs.get(name, copy.copy(default)))
@@ -177,6 +203,7 @@ class StableDiffusionProcessing:
         self.extra_network_data = None
         self.is_api = False
         self.sampling_records: list[SamplingRecord] = []
+        self.modified_noise = None  # Forge: a script may set the noise for the next sampling
         if not self.seed_enable_extras:
             self.subseed, self.subseed_strength, self.seed_resize_from_h, self.seed_resize_from_w = -1, 0, 0, 0
         # instance attributes pointing at the class-level lists: every run shares them
@@ -218,6 +245,13 @@ class StableDiffusionProcessing:
     def comment(self, text):
         self.comments[text] = 1
 
+    def clear_prompt_cache(self):
+        """Forge only: empty the first-pass cond caches (three-element lists)."""
+        self.cached_c = [None, None, None]
+        self.cached_uc = [None, None, None]
+        StableDiffusionProcessing.cached_c = [None, None, None]
+        StableDiffusionProcessing.cached_uc = [None, None, None]
+
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
 
@@ -249,9 +283,12 @@ class StableDiffusionProcessing:
         self.main_negative_prompt = self.all_negative_prompts[0]
 
     def cached_params(self, required_prompts, steps, extra_network_data, hires_steps=None, use_old_scheduling=False):
-        """Everything that invalidates the cond cache (compared with ``==``)."""
+        """Everything that invalidates the cond cache (compared with ``==``); Forge adds the distilled
+        CFG scales after the prompts."""
+        forge = (self.distilled_cfg_scale, self.hr_distilled_cfg) if _forge() else ()
         return (
             required_prompts,
+            *forge,
             steps,
             hires_steps,
             use_old_scheduling,
@@ -277,30 +314,49 @@ class StableDiffusionProcessing:
             if old != new:
                 self.extra_generation_params["Old prompt editing timelines"] = True
         params = self.cached_params(required_prompts, steps, extra_network_data, hires_steps, opts.use_old_scheduling)
+        forge = _forge()
         for cache in caches:
             if cache[0] is not None and params == cache[0]:
+                if forge and len(cache) > 2:
+                    shared.sd_model.extra_generation_params.update(cache[2])
                 return cache[1]
         cache = caches[0]
         with devices.autocast():
-            cache[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
+            if not forge:
+                cache[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
+            else:
+                import backend.text_processing.classic_engine as classic_engine
+
+                shared.sd_model.set_clip_skip(int(opts.CLIP_stop_at_last_layers))
+                cache[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
+                last = classic_engine.last_extra_generation_params.copy()
+                shared.sd_model.extra_generation_params.update(last)
+                if len(cache) > 2:
+                    cache[2] = last
+                classic_engine.last_extra_generation_params = {}
         cache[0] = params
         return cache[1]
 
     def setup_conds(self):
-        prompts = prompt_parser.SdConditioning(self.prompts, width=self.width, height=self.height)
+        forge = _forge()
+        extra = {"distilled_cfg_scale": self.distilled_cfg_scale} if forge else {}
+        prompts = prompt_parser.SdConditioning(self.prompts, width=self.width, height=self.height, **extra)
         negative_prompts = prompt_parser.SdConditioning(
-            self.negative_prompts, width=self.width, height=self.height, is_negative_prompt=True
+            self.negative_prompts, width=self.width, height=self.height, is_negative_prompt=True, **extra
         )
         total_steps = self.steps  # all stand-in samplers take one model call per step
         self.step_multiplier = 1
         self.firstpass_steps = total_steps
-        self.uc = self.get_conds_with_caching(
-            prompt_parser.get_learned_conditioning,
-            negative_prompts,
-            total_steps,
-            [self.cached_uc],
-            self.extra_network_data,
-        )
+        if forge and self.cfg_scale == 1:
+            self.uc = None  # Forge: "Skipping unconditional conditioning when CFG = 1."
+        else:
+            self.uc = self.get_conds_with_caching(
+                prompt_parser.get_learned_conditioning,
+                negative_prompts,
+                total_steps,
+                [self.cached_uc],
+                self.extra_network_data,
+            )
         self.c = self.get_conds_with_caching(
             prompt_parser.get_multicond_learned_conditioning,
             prompts,
@@ -337,12 +393,14 @@ _TXT2IMG_FIELDS = dict(
     hr_negative_prompt="",
     force_task_id=None,
 )
+_FORGE_TXT2IMG_FIELDS = dict(_FORGE_FIELDS, hr_cfg=1.0, hr_distilled_cfg=3.5, hr_additional_modules=None)
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     cached_hr_uc = [None, None]
     cached_hr_c = [None, None]
     _fields = _TXT2IMG_FIELDS
+    _forge_fields = _FORGE_TXT2IMG_FIELDS
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -380,12 +438,25 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
                 self.extra_generation_params["Hires steps"] = self.hr_second_pass_steps
             if self.hr_upscaler is not None:
                 self.extra_generation_params["Hires upscaler"] = self.hr_upscaler
+            if _forge():
+                self.extra_generation_params["Hires CFG Scale"] = self.hr_cfg
+                if self.sd_model.use_distilled_cfg_scale:
+                    self.extra_generation_params["Hires Distilled CFG Scale"] = self.hr_distilled_cfg
             self.calculate_target_resolution()
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = StandinSampler(self)
         x = self.rng.next()
-        if self.scripts is not None:
+        if _forge():
+            self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
+            if self.scripts is not None:
+                self.scripts.process_before_every_sampling(
+                    self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning
+                )
+            if self.modified_noise is not None:
+                x = self.modified_noise
+                self.modified_noise = None
+        elif self.scripts is not None:
             self.scripts.process_before_every_sampling(
                 p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning
             )
@@ -411,6 +482,14 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if self.scripts is not None:
             self.scripts.before_hr(self)
             self.scripts.process_before_every_sampling(p=self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
+        if _forge():
+            # Forge resets forge_objects (dropping what the first call patched in) and calls the hook again
+            self.sd_model.forge_objects = self.sd_model.forge_objects_after_applying_lora.shallow_copy()
+            if self.scripts is not None:
+                self.scripts.process_before_every_sampling(self, x=samples, noise=noise, c=self.hr_c, uc=self.hr_uc)
+            if self.modified_noise is not None:
+                noise = self.modified_noise
+                self.modified_noise = None
         samples = self.sampler.sample_img2img(
             self, samples, noise, self.hr_c, self.hr_uc, steps=self.hr_second_pass_steps or self.steps
         )
@@ -445,21 +524,30 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         first-pass caches are consulted too (``[cached_hr_c, cached_c]``)."""
         if self.hr_c is not None:
             return
+        forge = _forge()
+        extra = {"distilled_cfg_scale": self.hr_distilled_cfg} if forge else {}
         hr_prompts = prompt_parser.SdConditioning(
-            self.hr_prompts, width=self.hr_upscale_to_x, height=self.hr_upscale_to_y
+            self.hr_prompts, width=self.hr_upscale_to_x, height=self.hr_upscale_to_y, **extra
         )
         hr_negative_prompts = prompt_parser.SdConditioning(
-            self.hr_negative_prompts, width=self.hr_upscale_to_x, height=self.hr_upscale_to_y, is_negative_prompt=True
+            self.hr_negative_prompts,
+            width=self.hr_upscale_to_x,
+            height=self.hr_upscale_to_y,
+            is_negative_prompt=True,
+            **extra,
         )
         total_steps = self.hr_second_pass_steps or self.steps
-        self.hr_uc = self.get_conds_with_caching(
-            prompt_parser.get_learned_conditioning,
-            hr_negative_prompts,
-            self.firstpass_steps,
-            [self.cached_hr_uc, self.cached_uc],
-            self.hr_extra_network_data,
-            total_steps,
-        )
+        if forge and self.hr_cfg == 1:
+            self.hr_uc = None  # Forge: "Skipping unconditional conditioning (HR pass) when CFG = 1."
+        else:
+            self.hr_uc = self.get_conds_with_caching(
+                prompt_parser.get_learned_conditioning,
+                hr_negative_prompts,
+                self.firstpass_steps,
+                [self.cached_hr_uc, self.cached_uc],
+                self.hr_extra_network_data,
+                total_steps,
+            )
         self.hr_c = self.get_conds_with_caching(
             prompt_parser.get_multicond_learned_conditioning,
             hr_prompts,
@@ -478,8 +566,20 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().setup_conds()
         self.hr_uc = None
         self.hr_c = None
-        if self.enable_hr and self.hr_checkpoint_info is None and opts.hires_fix_use_firstpass_conds:
-            self.calculate_hr_conds()
+        if not _forge():
+            if self.enable_hr and self.hr_checkpoint_info is None and opts.hires_fix_use_firstpass_conds:
+                self.calculate_hr_conds()
+            return
+        # Forge computes the hires conds here, with the hires pass's extra networks
+        if self.enable_hr and self.hr_checkpoint_info is None:
+            if opts.hires_fix_use_firstpass_conds:
+                self.calculate_hr_conds()
+            else:
+                with devices.autocast():
+                    extra_networks.activate(self, self.hr_extra_network_data)
+                self.calculate_hr_conds()
+                with devices.autocast():
+                    extra_networks.activate(self, self.extra_network_data)
 
     def get_conds(self):
         if self.is_hr_pass:
@@ -538,6 +638,8 @@ def create_infotext(
         "Size": f"{p.width}x{p.height}",
         "Model": p.sd_model.sd_checkpoint_info.name,
     }
+    if _forge() and getattr(p, "firstpass_use_distilled_cfg_scale", p.sd_model.use_distilled_cfg_scale):
+        params["Distilled CFG Scale"] = p.distilled_cfg_scale
     params.update(p.extra_generation_params)
     rendered = {}
     arguments = dict(locals())
@@ -569,6 +671,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
 
 
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    if _forge():
+        return _process_images_inner_forge(p)
     seed = p.seed if p.seed not in (-1, None, "") else 1234
     p.tiling = opts.tiling if p.tiling is None else p.tiling
     if p.refiner_checkpoint not in (None, "", "None", "none"):
@@ -624,6 +728,115 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             p.setup_conds()
             p.extra_generation_params.update(model_hijack.extra_generation_params)
             for comment in model_hijack.comments:
+                p.comment(comment)
+
+            samples = p.sample(
+                conditioning=p.c,
+                unconditional_conditioning=p.uc,
+                seeds=p.seeds,
+                subseeds=p.subseeds,
+                subseed_strength=p.subseed_strength,
+                prompts=p.prompts,
+            )
+
+            if p.scripts is not None:
+                ps = scripts.PostSampleArgs(samples)
+                p.scripts.post_sample(p, ps)
+                samples = ps.samples
+
+            x_samples = torch.clamp((samples[:, :3] + 1.0) / 2.0, 0.0, 1.0)
+            if p.scripts is not None:
+                p.scripts.postprocess_batch(p, x_samples, batch_number=n)
+                batch_params = scripts.PostprocessBatchListArgs(list(x_samples))
+                p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
+                x_samples = batch_params.images
+
+            for i, image in enumerate(x_samples):
+                if p.scripts is not None:
+                    pp = scripts.PostprocessImageArgs(image)
+                    p.scripts.postprocess_image(p, pp)
+                    image = pp.image
+                infotexts.append(
+                    create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, iteration=n, position_in_batch=i)
+                )
+                output_images.append(image)
+
+    if not p.disable_extra_networks and p.extra_network_data:
+        extra_networks.deactivate(p, p.extra_network_data)
+
+    shared.sd_model = main_model
+    res = Processed(
+        p,
+        output_images,
+        p.all_seeds[0],
+        infotexts[0] if infotexts else "",
+        infotexts=infotexts,
+        comments="\n".join(p.comments),
+    )
+    if p.scripts is not None:
+        p.scripts.postprocess(p, res)
+    return res
+
+
+def _process_images_inner_forge(p: StableDiffusionProcessing) -> Processed:
+    """Forge's ``process_images_inner``: no hijack / embedding reload (each engine read its folder when
+    built), model-level ``comments`` / ``extra_generation_params``, ``torch.inference_mode()``, and
+    ``forge_objects`` reset per batch (original -> extra networks -> after-LoRA copy)."""
+    seed = p.seed if p.seed not in (-1, None, "") else 1234
+    p.tiling = opts.tiling if p.tiling is None else p.tiling
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = p.refiner_checkpoint  # the stand-in passes the model object
+    sd_model = shared.sd_model
+    p.sd_model_name = sd_model.sd_checkpoint_info.name_for_extra
+    p.sd_model_hash = sd_model.sd_model_hash
+    sd_model.comments = []
+    sd_model.extra_generation_params = {}
+    p.setup_prompts()
+    p.all_seeds = (
+        seed
+        if isinstance(seed, list)
+        else [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
+    )
+    p.all_subseeds = [int(p.subseed if p.subseed != -1 else 0) + x for x in range(len(p.all_prompts))]
+
+    if p.scripts is not None:
+        p.scripts.process(p)
+
+    infotexts = []
+    output_images = []
+    main_model = shared.sd_model
+    with torch.inference_mode():
+        with devices.autocast():
+            p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+
+        for n in range(p.n_iter):
+            p.iteration = n
+            shared.sd_model = main_model  # sd_models.forge_model_reload(): back from a refiner
+            p.sd_model.forge_objects = p.sd_model.forge_objects_original.shallow_copy()
+            lo, hi = n * p.batch_size, (n + 1) * p.batch_size
+            p.prompts = p.all_prompts[lo:hi]
+            p.negative_prompts = p.all_negative_prompts[lo:hi]
+            p.seeds = p.all_seeds[lo:hi]
+            p.subseeds = p.all_subseeds[lo:hi]
+            latent_channels = shared.sd_model.forge_objects.vae.latent_channels
+            p.rng = _Rng((latent_channels, p.height // opt_f, p.width // opt_f), p.seeds)
+
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+            if len(p.prompts) == 0:
+                break
+
+            p.parse_extra_network_prompts()
+            if not p.disable_extra_networks:
+                extra_networks.activate(p, p.extra_network_data)
+            p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+
+            if p.scripts is not None:
+                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+
+            p.setup_conds()
+            p.extra_generation_params.update(p.sd_model.extra_generation_params)
+            for comment in p.sd_model.comments:
                 p.comment(comment)
 
             samples = p.sample(

@@ -285,15 +285,19 @@ ScheduledPromptConditioning = namedtuple("ScheduledPromptConditioning", ["end_at
 
 
 class SdConditioning(list):
-    """A list of prompts that also carries width, height and whether it is the negative prompt."""
+    """A list of prompts that also carries width, height and whether it is the negative prompt
+    (Forge also ``distilled_cfg_scale``; the A1111 class has no such argument)."""
 
-    def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None):
+    def __init__(
+        self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None, distilled_cfg_scale=None
+    ):
         super().__init__()
         self.extend(prompts)
         source = prompts if copy_from is None else copy_from
         self.is_negative_prompt = is_negative_prompt or getattr(source, "is_negative_prompt", False)
         self.width = width or getattr(source, "width", None)
         self.height = height or getattr(source, "height", None)
+        self.distilled_cfg_scale = distilled_cfg_scale or getattr(source, "distilled_cfg_scale", None)
 
 
 def get_learned_conditioning(
@@ -407,7 +411,10 @@ def reconstruct_cond_batch(c: list[list[ScheduledPromptConditioning]], current_s
 
 
 def stack_conds(tensors):
-    """Stack (tokens, dim) tensors, padding shorter ones by repeating their last row."""
+    """Stack (tokens, dim) tensors, padding shorter ones by repeating their last row (tensors of one
+    shape, e.g. Forge's 0-d ``guidance`` entries, stack as they are)."""
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(tensors)
     length = max(t.shape[0] for t in tensors)
     padded = [
         t if t.shape[0] == length else torch.vstack([t, t[-1:].repeat([length - t.shape[0], 1])]) for t in tensors

@@ -65,6 +65,12 @@ def _builtin_options() -> dict[str, OptionInfo]:
     )
     templates.update(
         options_section(
+            ("sd3", "Stable Diffusion 3", "sd"),
+            {"sd3_enable_t5": OptionInfo(False, "Enable T5")},
+        )
+    )
+    templates.update(
+        options_section(
             ("optimizations", "Optimizations", "sd"),
             {
                 "persistent_cond_cache": OptionInfo(True, "Persistent cond cache"),
