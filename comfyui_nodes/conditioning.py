@@ -1,0 +1,166 @@
+"""A prompt encoded as ComfyUI's `CLIPTextEncode` encodes it, with Follow the Flow's patch on top.
+
+A CONDITIONING is `[[cond (1, rows, width), {"pooled_output": ..., ...}]]`. The prompt is tokenized and encoded
+by ComfyUI itself (`clip.tokenize`, `clip.encode_from_tokens_scheduled`), so every row starts out exactly as
+`CLIPTextEncode` gives it for the marker-free text. Then, for every part of the rows (`parts.parts_for`):
+
+1. Lay the prompt out as ComfyUI tokenized it (rows and weights per token).
+2. Take ComfyUI's weighting out: a weighted row is `(z - empty) * weight + empty`, so `z` is recovered from it
+   and the empty prompt's rows (rows of weight 0 carry nothing of `z`: they are encoded again).
+3. Patch every part with the core, one decision per item (`flowcore.joint`).
+4. Put the weighting back on the patched items' rows as ComfyUI would weigh the item's text encoded alone (its
+   empty rows at the item's own positions) and write those rows only: every other row, and the pooled
+   output, stay as ComfyUI encoded them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from flowcore.errors import FlowcoreError
+from flowcore.joint import Part, patch_jointly
+from flowcore.markers import parse_markers
+from flowcore.options import FlowOptions
+from flowcore.patcher import FlowPatcher
+from flowcore.report import FlowReport
+
+from .layout import KeyLayout, MappingError, plain_text
+from .parts import comfy_fragments, parts_for
+
+logger = logging.getLogger("follow_the_flow")
+
+PATCHER_CACHE_SIZE = 8  # text encoders whose patchers (items encoded alone, calibration) are kept
+
+
+@dataclass
+class Outcome:
+    """What the node returns: the conditioning, each part's report (`(name, report)`), the items patched, and
+    the notes and problems met (a problem means the conditioning is `CLIPTextEncode`'s, unpatched)."""
+
+    conditioning: list
+    reports: list[tuple[str, FlowReport]] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+_PATCHERS: OrderedDict[tuple, FlowPatcher] = OrderedDict()
+
+
+def patcher_for(part, clip) -> FlowPatcher:
+    """The part's `FlowPatcher`, kept across runs while the weights (a LoRA merged in included), the layer read
+    and ComfyUI's patch set stay the same; its caches then make a repeated prompt cost lookups only."""
+    key = (part.identity(), str(getattr(getattr(clip, "patcher", None), "patches_uuid", "")))
+    patcher = _PATCHERS.get(key)
+    if patcher is None:
+        patcher = FlowPatcher(part)
+        _PATCHERS[key] = patcher
+        while len(_PATCHERS) > PATCHER_CACHE_SIZE:
+            _PATCHERS.popitem(last=False)
+    _PATCHERS.move_to_end(key)
+    patcher.encoder = part  # the same weights and settings; this run's objects
+    return patcher
+
+
+def encode(clip, text: str, options: FlowOptions) -> Outcome:
+    """`text` (markers allowed) as `CLIPTextEncode` encodes it without its markers, then patched.
+
+    *Markers only* with no marker returns ComfyUI's conditioning untouched, without running spaCy. Anything that
+    goes wrong while patching leaves ComfyUI's conditioning as it is, with the reason in `problems`; errors of
+    ComfyUI's own tokenizer or encoder are raised, as `CLIPTextEncode` raises them."""
+    if clip is None:
+        raise RuntimeError("The clip input is None: the checkpoint loader gave no text encoder.")
+    marked = parse_markers(text)
+    tokens = clip.tokenize(marked.text)
+    conditioning = clip.encode_from_tokens_scheduled(tokens)
+    outcome = Outcome(conditioning, notes=list(marked.warnings))
+    if not options.detect and not marked.spans and not options.remove_redundant:
+        outcome.notes.append("Markers only, and the prompt has no markers: nothing to patch.")
+        return outcome
+    try:
+        outcome.conditioning, outcome.reports = patch_conditioning(clip, conditioning, text, marked.text, options)
+    except (MappingError, FlowcoreError, NotImplementedError) as error:
+        outcome.problems.append(f"left unpatched: {error}")
+    except Exception as error:  # never break the workflow: the image is generated unpatched
+        logger.debug("Follow the Flow failed", exc_info=True)
+        outcome.problems.append(f"left unpatched after an error: {type(error).__name__}: {error}")
+    for _, report in outcome.reports:
+        outcome.patched += [item.text for item in report.patched_items if item.text not in outcome.patched]
+    for problem in outcome.problems:
+        logger.warning("[Follow the Flow] %s", problem)
+    return outcome
+
+
+def patch_conditioning(clip, conditioning: list, marked_text: str, line: str, options: FlowOptions):
+    """ComfyUI's conditioning of `line` (the prompt without markers) with the leaked items' rows patched (see
+    the module docstring); returns the new conditioning and each part's report."""
+    if len(conditioning) != 1:
+        raise MappingError(f"{len(conditioning)} conditionings for one prompt (scheduled CLIP hooks)")
+    cond, extras = conditioning[0]
+    if cond.ndim != 3 or cond.shape[0] != 1:
+        raise MappingError(f"a conditioning of shape {tuple(cond.shape)}")
+    parts = parts_for(clip)
+    clip.load_model()
+    tokens = clip.tokenize(line, return_word_ids=True)
+    lines = [part.line_layout(line, tokens) for part in parts]
+    starts = [sum(laid.layout.n_rows for laid in lines[:index]) for index in range(len(lines))]
+    total = starts[-1] + lines[-1].layout.n_rows
+    widest = max(columns.stop for part in parts for columns in part.columns)
+    if cond.shape[1] != total or cond.shape[2] < widest:
+        raise MappingError(f"{tuple(cond.shape[1:])} conditioning rows for parts of {[x.layout.n_rows for x in lines]}")
+    marked_plain = plain_text(comfy_fragments(marked_text))
+    if any(parse_markers(marked_plain).text != laid.layout.text for laid in lines):
+        raise MappingError("the markers change how ComfyUI parses the prompt's weights")
+
+    joint = []
+    for part, laid, start in zip(parts, lines, starts):
+        rows = cond[0, start : start + laid.layout.n_rows]
+        raw = torch.cat([rows[:, columns] for columns in part.columns], dim=-1).to(part.device, torch.float32)
+        joint.append(Part(part.name, patcher_for(part, clip), _unweighted(part, raw, laid), laid.layout))
+    results = patch_jointly(joint, marked_plain, options)
+
+    patched = cond.clone()
+    for part, laid, start, result in zip(parts, lines, starts, results):
+        for entry in result.report.items:
+            if not entry.patched:
+                continue
+            values = _weighted(part, result.patched[entry.rows], laid.weights[entry.rows])
+            first = 0
+            for columns in part.columns:
+                width = columns.stop - columns.start
+                target = values[:, first : first + width].to(device=cond.device, dtype=cond.dtype)
+                patched[0, [start + row for row in entry.rows], columns] = target
+                first += width
+    return [[patched, extras]], [(part.name, result.report) for part, result in zip(parts, results)]
+
+
+def _unweighted(part, raw: torch.Tensor, laid: KeyLayout) -> torch.Tensor:
+    """The rows without ComfyUI's weighting: `z = (row - empty) / weight + empty` (`(rows, width)`)."""
+    weights = laid.weights.to(raw.device)
+    if bool((weights == 1).all()):
+        return raw
+    chunk = laid.layout.format.rows
+    empty = part.empty_rows(chunk).to(raw.device)
+    empty = empty.repeat(raw.shape[0] // chunk, 1)
+    weighted = weights != 1
+    safe = torch.where(weights == 0, torch.ones_like(weights), weights)[:, None]
+    unweighted = torch.where(weighted[:, None], (raw - empty) / safe + empty, raw)
+    if bool((weights == 0).any()):  # a weight of 0 leaves only the empty row: encode those rows again
+        zero = (weights == 0).nonzero().flatten()
+        unweighted[zero] = part.encode(laid.layout).rows.to(raw.device)[zero]
+    return unweighted
+
+
+def _weighted(part, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """An item's rows encoded alone, weighted as ComfyUI weighs that item's text encoded alone: toward the
+    empty prompt's rows at the positions the item's tokens have there."""
+    weights = weights.to(rows.device)
+    if bool((weights == 1).all()):
+        return rows
+    length, positions = part.alone_positions(rows.shape[0])
+    empty = part.empty_rows(length).to(rows.device)[positions]
+    return torch.where((weights != 1)[:, None], (rows - empty) * weights[:, None] + empty, rows)
