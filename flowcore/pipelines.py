@@ -29,7 +29,7 @@ import torch
 
 from flowcore.encoders import ClipEncoder, SdxlEncoder
 from flowcore.encoders.base import Encoding, TextEncoder
-from flowcore.errors import FlowcoreError, ModelNotFoundError
+from flowcore.errors import EncodingMismatchError, ModelNotFoundError, UnsupportedPipelineError
 from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
@@ -52,10 +52,6 @@ DOWNLOAD_HINT = (
     "or pass a local model: `--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or "
     "`--model path/to/diffusers-folder`."
 )
-
-
-class UnsupportedPipelineError(FlowcoreError):
-    """A pipeline or checkpoint flowcore cannot drive (yet)."""
 
 
 # --- 1. Loading ---
@@ -208,7 +204,7 @@ def local_clip_tokenizer(pad_token: str | None = None):
     """
     from transformers import CLIPTokenizer
 
-    from flowcore.testing import CLIP_VOCAB_SIZE, clip_tokenizer
+    from flowcore.clip_tokenizer import CLIP_VOCAB_SIZE, clip_tokenizer
 
     tokenizer = None
     with contextlib.suppress(OSError, ValueError):
@@ -316,11 +312,13 @@ def generate(
     encoding = as_encoding(conditioning, patched)
     rows, pooled = encoding.rows, encoding.pooled
     if rows.ndim != 2 or rows.shape[0] % ROWS_PER_CHUNK:
-        raise ValueError(f"`conditioning` rows must have shape (77 * chunks, dim) but have shape {tuple(rows.shape)}.")
+        raise EncodingMismatchError(
+            f"`conditioning` rows must have shape (77 * chunks, dim) but have shape {tuple(rows.shape)}."
+        )
     encoder = encoder or encoder_for_pipeline(pipe)
     is_sdxl = getattr(pipe, "text_encoder_2", None) is not None
     if is_sdxl and pooled is None:
-        raise ValueError("SDXL needs a pooled vector: pass a `FlowResult` or an `Encoding` with `pooled`.")
+        raise EncodingMismatchError("SDXL needs a pooled vector: pass a `FlowResult` or an `Encoding` with `pooled`.")
 
     # 2. Encode the negative prompt and give both sides the same number of chunks.
     if is_sdxl and not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
