@@ -38,3 +38,18 @@ def hidden(logger_name: str, fragment: str) -> Iterator[None]:
 def diffusers_import_notices() -> contextlib.AbstractContextManager:
     """Around importing or loading diffusers pipelines: transformers' torchvision fallback notice."""
     return hidden(*TORCHVISION_FALLBACK)
+
+
+@contextlib.contextmanager
+def weight_loading_bars_hidden() -> Iterator[None]:
+    """transformers' per-model "Loading weights" bars (one per text encoder, UNet and VAE; a tiny model shows
+    three) hidden while flowcore loads, and the caller's setting back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()

@@ -72,10 +72,13 @@ def load_encoder(
     resolved = resolve_source(default_source() if source is None else source)
 
     # 2. Load the tokenizers and text models.
-    if resolved.kind == "file":
-        parts = _from_single_file(Path(resolved.location), config)
-    else:
-        parts = _from_folder(_folder_of(resolved))
+    from flowcore.quiet import weight_loading_bars_hidden
+
+    with weight_loading_bars_hidden():
+        if resolved.kind == "file":
+            parts = _from_single_file(Path(resolved.location), config)
+        else:
+            parts = _from_folder(_folder_of(resolved))
 
     # 3. Build the encoder on the device.
     models = [model.to(device=device, dtype=dtype).eval() for model in parts["models"]]
