@@ -54,9 +54,10 @@ DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL, "runwayml/stable-diffusion-v1-5")
 CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
 
 DOWNLOAD_HINT = (
-    "Download it once, with the network on: `hf download {repo}` (or `huggingface-cli download {repo}`), "
-    "or pass a local model: `--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or "
-    "`--model path/to/diffusers-folder`."
+    "Download it once, with the network on: for SD 1.5, `python3 tools/dev.py demo` fetches only the files "
+    "flowcore uses (about 2 GB); for any model, `.venv/bin/hf download {repo} --include '*.json' '*.txt' "
+    "'*fp16.safetensors'` (`hf` comes with huggingface_hub). Or pass a local model: "
+    "`--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or `--model path/to/diffusers-folder`."
 )
 
 
@@ -95,7 +96,9 @@ def load_pipeline(
         elif resolved.kind == "folder":
             pipe = _load_folder(resolved.location, dtype)
         else:
-            pipe = _load_folder(resolved.location, dtype, hub_id=resolved.location)
+            from flowcore.text_models import _folder_of
+
+            pipe = _load_folder(str(_folder_of(resolved)), dtype, hub_id=resolved.location)
 
     # 3. Move it to the device; leave the rest of the pipeline as loaded.
     check_supported(pipe)
@@ -137,12 +140,24 @@ def _load_folder(source: str, dtype: torch.dtype, hub_id: str | None = None):
             + DOWNLOAD_HINT.format(repo=hub_id)
         ) from error
     extra = {"safety_checker": None} if "safety_checker" in config else {}
+    if "feature_extractor" in config and not (Path(source) / "feature_extractor").is_dir():
+        extra["feature_extractor"] = None  # only the safety checker uses it
+    variant = _variant_of(Path(source) / "unet")
     try:
-        return DiffusionPipeline.from_pretrained(source, local_files_only=True, **_dtype_argument(dtype), **extra)
+        return DiffusionPipeline.from_pretrained(
+            source, local_files_only=True, variant=variant, **_dtype_argument(dtype), **extra
+        )
     except OSError as error:
         raise ModelNotFoundError(
             f"Part of `{source}` is missing locally ({error}). " + DOWNLOAD_HINT.format(repo=hub_id or DEFAULT_MODEL)
         ) from error
+
+
+def _variant_of(folder: Path) -> str | None:
+    """ "fp16" where a component folder holds only half-precision weights (as `tools/demo.py` fetches them)."""
+    names = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
+    plain = any((folder / name).is_file() for name in names)
+    return "fp16" if not plain and any(folder.glob("*.fp16.safetensors")) else None
 
 
 def detect_checkpoint_type(path: str | os.PathLike) -> str:

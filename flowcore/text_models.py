@@ -94,18 +94,19 @@ def _folder_of(source: ModelSource) -> Path:
     """The local folder of a diffusers folder or of a hub id's cached snapshot (only what analyze needs)."""
     if source.kind == "folder":
         return Path(source.location)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import try_to_load_from_cache
 
     from flowcore.pipelines import DOWNLOAD_HINT
 
-    try:
-        return Path(snapshot_download(source.location, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as error:
+    # The snapshot folder of the cached model_index.json: a partial snapshot (only the files flowcore uses, as
+    # the demo fetches them) is fine, where `snapshot_download(local_files_only=True)` would refuse it.
+    index = try_to_load_from_cache(source.location, "model_index.json")
+    if not isinstance(index, str):
         raise ModelNotFoundError(
             f"The model `{source.location}` is not in the local Hugging Face cache and flowcore never downloads. "
             + DOWNLOAD_HINT.format(repo=source.location)
-        ) from error
+        )
+    return Path(index).parent
 
 
 def _from_folder(folder: Path) -> dict:
