@@ -18,6 +18,8 @@ import time
 import torch
 
 from flowcore import FlowOptions
+from flowcore.devices import resolve_device
+from flowcore.errors import FlowcoreError
 from flowcore.pipelines import generate, patcher_for_pipeline
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra, a red umbrella, a yellow taxi and an old lamp post"
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--size", type=int)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except FlowcoreError as error:  # `--device cuda` on a CPU-only PyTorch: one line, status 2
+        parser.exit(2, f"{parser.prog}: error: {error}\n".replace("`device`", "`--device`"))
 
     if args.tiny:
         from flowcore.testing import tiny_sd15_pipeline

@@ -2,20 +2,47 @@
 
 After "Follow the Flow" (Kaplan, Toker, Reif, Belinkov, Schwartz; arXiv 2504.01137): an item whose
 encoding was pulled toward another item is re-encoded on its own and its vectors are patched into the
-prompt's encoding. Importing flowcore imports neither diffusers nor gradio; spaCy loads on first use.
+prompt's encoding. Importing flowcore imports nothing heavy: torch, transformers and spaCy load when a name
+that needs them is first used (`from flowcore import FlowPatcher`), so `flowcore --help` answers at once;
+diffusers and gradio load only in the modules that use them.
 """
 
-from flowcore import encoders, interventions, markers
-from flowcore.encoders import ClipEncoder, GenericEncoder, SdxlEncoder
-from flowcore.errors import EncodingMismatchError, FlowcoreError, ModelNotFoundError, OptionsError
-from flowcore.items import LexicalItem
-from flowcore.layout import PromptLayout, Token
-from flowcore.options import FlowOptions
-from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
-from flowcore.segmentation import load_nlp, segment
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from flowcore.errors import (
+    EncodingMismatchError,
+    FlowcoreError,
+    InputError,
+    ModelFileError,
+    ModelNotFoundError,
+    OptionsError,
+    PromptError,
+)
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it, imported on first use (PEP 562)
+_LAZY = {
+    "ClipEncoder": "flowcore.encoders",
+    "GenericEncoder": "flowcore.encoders",
+    "SdxlEncoder": "flowcore.encoders",
+    "LexicalItem": "flowcore.items",
+    "PromptLayout": "flowcore.layout",
+    "Token": "flowcore.layout",
+    "FlowOptions": "flowcore.options",
+    "FlowPatcher": "flowcore.patcher",
+    "FlowReport": "flowcore.report",
+    "FlowResult": "flowcore.report",
+    "ItemReport": "flowcore.report",
+    "Pull": "flowcore.report",
+    "load_nlp": "flowcore.segmentation",
+    "segment": "flowcore.segmentation",
+    "parse_prompt": "flowcore.prompt_syntax",
+}
+_SUBMODULES = ("encoders", "interventions", "markers", "prompt_syntax")
 
 __all__ = [
     "ClipEncoder",
@@ -26,10 +53,13 @@ __all__ = [
     "FlowResult",
     "FlowcoreError",
     "GenericEncoder",
+    "InputError",
     "ItemReport",
     "LexicalItem",
+    "ModelFileError",
     "ModelNotFoundError",
     "OptionsError",
+    "PromptError",
     "PromptLayout",
     "Pull",
     "SdxlEncoder",
@@ -38,5 +68,34 @@ __all__ = [
     "interventions",
     "load_nlp",
     "markers",
+    "parse_prompt",
+    "prompt_syntax",
     "segment",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"flowcore.{name}")
+    else:
+        raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from flowcore import encoders, interventions, markers, prompt_syntax
+    from flowcore.encoders import ClipEncoder, GenericEncoder, SdxlEncoder
+    from flowcore.items import LexicalItem
+    from flowcore.layout import PromptLayout, Token
+    from flowcore.options import FlowOptions
+    from flowcore.patcher import FlowPatcher
+    from flowcore.prompt_syntax import parse_prompt
+    from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
+    from flowcore.segmentation import load_nlp, segment

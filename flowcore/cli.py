@@ -5,7 +5,10 @@
     flowcore explore "a baseball game at night, bats flying over the stadium" --steps 20
     flowcore ui
 
-Models load from the local cache or disk only (see `flowcore.pipelines.load_pipeline`).
+Models load from the local cache or disk only (see `flowcore.pipelines.load_pipeline`); `analyze` loads only the
+tokenizer(s) and text encoder(s) (`flowcore.text_models.load_encoder`). Every argument that can be checked
+without a model is checked before anything loads; a bad argument exits with status 2 and one line naming it, a
+failure while running with status 1. This module imports no torch until a command runs, so `--help` is instant.
 """
 
 from __future__ import annotations
@@ -15,16 +18,41 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
-from flowcore.errors import FlowcoreError
+from flowcore.errors import FlowcoreError, OptionsError
 from flowcore.options import TAIL_CHOICES, FlowOptions
 
 DESCRIPTION = """\
 Follow the Flow: find the items of a text-to-image prompt whose encoding leaked toward another item
 ("zebra" after "crosswalk" becoming a zebra crossing), and patch them with their own, isolated encoding.
 
-Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never."""
+Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never.
+Prompts are read in the AUTOMATIC1111 WebUI's syntax by default: (zebra:1.3), [cat], BREAK, \\( escapes;
+--syntax plain reads every character literally."""
+
+DESCRIPTIONS = {
+    "analyze": "Print the prompt's items, their leak scores and what would be patched. Loads only the model's "
+    "tokenizer and text encoder.",
+    "compare": "Generate the original and the patched image with the same seed; write them side by side "
+    "(compare.png), an HTML report (report.html) and the report as JSON (report.json).",
+    "explore": "Generate an image from each item's tokens alone and from each single token, in a grid "
+    "(explore.png): what each part of the prompt carries.",
+    "ui": "Start a Gradio app in the browser: type a prompt, see its items, choose which to patch, compare images.",
+}
+EMPHASIS_NAMES = {"original": "original", "no-norm": "no norm", "ignore": "ignore"}
+# Python argument names in error messages -> this command's options
+OPTION_NAMES = {
+    "clip_skip": "--clip-skip",
+    "sensitivity": "--sensitivity",
+    "device": "--device",
+    "model": "--model",
+    "config": "--config",
+    "tail": "--tail",
+    "syntax": "--syntax",
+    "emphasis": "--emphasis",
+}
 
 EPILOG = """\
 models (--model):
@@ -47,6 +75,18 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="FOLDER", help="for a single file: a diffusers folder with its configs")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     group.add_argument("--clip-skip", type=int, default=1, help="1 = last layer (default), 2 = penultimate (SD 1.x)")
+    group.add_argument(
+        "--syntax",
+        choices=("webui", "plain"),
+        default="webui",
+        help="read the prompt as WebUI syntax (default) or plain text",
+    )
+    group.add_argument(
+        "--emphasis",
+        choices=tuple(EMPHASIS_NAMES),
+        default="original",
+        help="how (word:1.3) acts on the rows, as the WebUI's emphasis modes (default: original)",
+    )
 
 
 def _add_patch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     analyze = commands.add_parser(
-        "analyze", help="print the items, leak scores and what would be patched", description=DESCRIPTION
+        "analyze", help="print the items, leak scores and what would be patched", description=DESCRIPTIONS["analyze"]
     )
     analyze.add_argument("prompt", help="the prompt (markers allowed)")
     analyze.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -85,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch_arguments(analyze)
 
     compare = commands.add_parser(
-        "compare", help="generate the original and the patched image; write a PNG and an HTML report"
+        "compare",
+        help="generate the original and the patched image; write a PNG, an HTML report and JSON",
+        description=DESCRIPTIONS["compare"],
     )
     compare.add_argument("prompt", help="the prompt (markers allowed)")
     _add_model_arguments(compare)
@@ -93,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_arguments(compare, steps=25)
 
     explore = commands.add_parser(
-        "explore", help="images from each item's tokens alone and from each single token, in a grid"
+        "explore",
+        help="images from each item's tokens alone and from each single token, in a grid",
+        description=DESCRIPTIONS["explore"],
     )
     explore.add_argument("prompt", help="the prompt")
     explore.add_argument("--no-items", action="store_true", help="skip the per-item images")
@@ -103,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_patch_arguments(explore)
     _add_generation_arguments(explore, steps=25)
 
-    ui = commands.add_parser("ui", help="a Gradio app: type a prompt, toggle patches, compare images")
+    ui = commands.add_parser(
+        "ui", help="a Gradio app: type a prompt, toggle patches, compare images", description=DESCRIPTIONS["ui"]
+    )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     _add_model_arguments(ui)
@@ -117,12 +163,45 @@ def options_from(args: argparse.Namespace) -> FlowOptions:
     )
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs no model, before anything loads: raises the `InputError` that names the option."""
+    from flowcore.model_source import check_config_folder, resolve_source
+    from flowcore.patcher import check_prompt
+
+    options_from(args)  # --sensitivity, --tail
+    if getattr(args, "prompt", None) is not None:
+        check_prompt(args.prompt)
+    if args.clip_skip < 1:
+        raise OptionsError(f"`clip_skip` must be at least 1 (1 = the last layer) but is {args.clip_skip}.")
+    for name, minimum in (("steps", 1), ("columns", 1), ("width", 8), ("height", 8), ("port", 1)):
+        value = getattr(args, name, None)
+        if value is not None and value < minimum:
+            raise OptionsError(f"`--{name}` must be at least {minimum} but is {value}.")
+    for name in ("width", "height"):
+        value = getattr(args, name, None)
+        if value is not None and value % 8:
+            raise OptionsError(f"`--{name}` must be a multiple of 8 but is {value}.")
+    if args.model is not None:
+        resolve_source(args.model)
+    if args.config is not None:
+        check_config_folder(args.config)
+    from flowcore.devices import resolve_device  # imports torch: after the checks that need none
+
+    resolve_device(args.device)
+
+
+def _patcher(args: argparse.Namespace, encoder):
+    from flowcore.patcher import FlowPatcher
+
+    return FlowPatcher(encoder, options=options_from(args), syntax=args.syntax, emphasis=EMPHASIS_NAMES[args.emphasis])
+
+
 def _load(args: argparse.Namespace):
     """The pipeline and a patcher over its encoder."""
-    from flowcore.pipelines import load_pipeline, patcher_for_pipeline
+    from flowcore.pipelines import encoder_for_pipeline, load_pipeline
 
     pipe = load_pipeline(args.model, config=args.config, device=args.device)
-    return pipe, patcher_for_pipeline(pipe, options=options_from(args), clip_skip=args.clip_skip)
+    return pipe, _patcher(args, encoder_for_pipeline(pipe, clip_skip=args.clip_skip))
 
 
 def _out_dir(args: argparse.Namespace, prompt: str) -> Path:
@@ -145,31 +224,65 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
 # --- the commands ---
 
 
+def display_width(text: str) -> int:
+    """Terminal columns `text` takes: 2 for wide characters (CJK, most emoji), 0 for combining marks."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
+
+
+def _rows_text(rows: list[int]) -> str:
+    return f"{rows[0]}-{rows[-1]}" if len(rows) > 1 else ",".join(map(str, rows))
+
+
 def format_table(result) -> str:
-    """The report as a fixed-width table: one line per item."""
+    """The report as a fixed-width table: one line per item (columns aligned for wide characters too). An item
+    whose text occurs more than once is named with its rows ("bats @ 9-10") where it is a source."""
     from flowcore.explore import token_text
 
+    report = result.report
+    texts = [entry.item.text for entry in report.items]
     header = ("item", "rows", "leak", "pulled by", "presence", "repr. token", "action", "why")
     lines = [header]
-    for entry in result.report.items:
-        rows = f"{entry.rows[0]}-{entry.rows[-1]}" if len(entry.rows) > 1 else ",".join(map(str, entry.rows))
+    for entry in report.items:
+        source = "-"
+        if entry.source is not None:
+            source = entry.source.text
+            if texts.count(source) > 1:
+                rows = next((e.rows for e in report.items if e.item == entry.source), [])
+                source += f" @ {_rows_text(rows)}" if rows else f" @ char {entry.source.start}"
         lines.append(
             (
                 entry.item.text,
-                rows or "-",
+                _rows_text(entry.rows) or "-",
                 f"{entry.leak_score:+.3f}" if entry.leak_score is not None else "-",
-                entry.source.text if entry.source else "-",
+                source,
                 f"{entry.presence:.3f}" if entry.presence is not None else "-",
                 ", ".join(token_text(result, r) for r in entry.representative_rows) or "-",
                 "PATCH" if entry.patched else "keep",
                 entry.reason,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1] for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    text.append(f"threshold: {result.report.describe_threshold()}")
-    text += [f"warning: {w}" for w in result.report.warnings]
+    text = []
+    if len(lines) > 1:
+        widths = [max(display_width(line[i]) for line in lines) for i in range(len(header) - 1)]
+        text = [
+            "  ".join(_pad(cell, width) for cell, width in zip(line[:-1], widths)) + "  " + line[-1] for line in lines
+        ]
+        text.insert(1, "-" * display_width(text[0]))
+        text.append(f"threshold: {report.describe_threshold()}")
+    elif not report.text.strip():
+        text.append('The prompt is empty: there is nothing to analyze. Give a prompt, e.g. "a standing zebra".')
+    else:
+        text.append(f"No items were found in {report.text!r}: it names no noun (items are nouns with their modifiers).")
+    text += [f"warning: {w}" for w in report.warnings]
     return "\n".join(text)
 
 
@@ -185,8 +298,10 @@ def report_json(result) -> dict:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    _, patcher = _load(args)
-    result = patcher.run(args.prompt)
+    from flowcore.text_models import load_encoder
+
+    encoder = load_encoder(args.model, config=args.config, device=args.device, clip_skip=args.clip_skip)
+    result = _patcher(args, encoder).run(args.prompt)
     print(json.dumps(report_json(result), indent=2, ensure_ascii=False) if args.json else format_table(result))
     return 0
 
@@ -222,10 +337,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = {"model": args.model or "default (SD 1.5 from the hub cache)", "seed": args.seed, "steps": args.steps}
     shifts = context_shift(result, patcher)
     page.write_text(render_html(result, images["original"], images["patched"], shifts, settings), encoding="utf-8")
-    (folder / "report.json").write_text(json.dumps(report_json(result), indent=2, ensure_ascii=False))
+    data = folder / "report.json"
+    data.write_text(json.dumps(report_json(result), indent=2, ensure_ascii=False), encoding="utf-8")
     if not result.report.patched_items:
         print("Nothing was patched, so both images are the same. Mark an item with ~...~ to patch it anyway.")
-    print(f"wrote {png}\nwrote {page}")
+    print(f"wrote {png}\nwrote {page}\nwrote {data}")
     return 0
 
 
@@ -263,15 +379,26 @@ def cmd_ui(args: argparse.Namespace) -> int:
 COMMANDS = {"analyze": cmd_analyze, "compare": cmd_compare, "explore": cmd_explore, "ui": cmd_ui}
 
 
+def error_line(error: FlowcoreError) -> str:
+    """The error as one line, with Python argument names as this command's options (`clip_skip` ->
+    `--clip-skip`)."""
+    text = " ".join(str(error).split())
+    for name, option in OPTION_NAMES.items():
+        text = text.replace(f"`{name}`", f"`{option}`")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the `flowcore` command; returns the exit status (0 ok, 1 a flowcore error, 2 bad arguments)."""
+    """Run the `flowcore` command; returns the exit status: 0 ok, 2 a bad argument (named in one line), 1 a
+    failure while running."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
+        check_arguments(args)
         return COMMANDS[args.command](args)
     except FlowcoreError as error:
-        print(f"flowcore: error: {error}", file=sys.stderr)
-        return 1
+        print(f"flowcore: error: {error_line(error)}", file=sys.stderr)
+        return error.exit_status
 
 
 if __name__ == "__main__":

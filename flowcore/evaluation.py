@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowcore.errors import InputError, OptionsError
 from flowcore.options import FlowOptions
 
 PAIRS_PATH = Path(__file__).parent / "data" / "minimal_pairs.jsonl"
@@ -52,7 +53,7 @@ class MinimalPair:
 def minimal_pairs(split: str | None = None) -> list[MinimalPair]:
     """The built-in pairs, all or those of one split (`dev`, `held-out`, `final`)."""
     if split is not None and split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS} but is {split!r}.")
+        raise OptionsError(f"`split` must be one of {SPLITS} but is {split!r}.")
     pairs = [MinimalPair(**json.loads(line)) for line in PAIRS_PATH.read_text(encoding="utf-8").splitlines() if line]
     return [pair for pair in pairs if split is None or pair.split == split]
 
@@ -91,7 +92,7 @@ class PairOutcome:
 def _target_entry(report, target: str):
     matches = [entry for entry in report.items if entry.item.text.split()[-1] == target]
     if not matches:
-        raise ValueError(f"No item ending in `{target}` was found in {report.text!r}: check the pair.")
+        raise InputError(f"No item ending in `{target}` was found in {report.text!r}: check the pair.")
     return matches[-1]
 
 
@@ -139,7 +140,7 @@ class PairSummary:
 def summarize(outcomes: list[PairOutcome]) -> PairSummary:
     n = len(outcomes)
     if not n:
-        raise ValueError("No outcomes to summarize.")
+        raise InputError("No outcomes to summarize.")
     three = sum(len(o.three_item_sources) for o in outcomes)
     return PairSummary(
         n,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from flowcore.encoders.base import Encoding
+from flowcore.errors import InputError
 from flowcore.interventions import keep_only
 from flowcore.patcher import FlowPatcher
 from flowcore.report import FlowResult
@@ -107,7 +108,7 @@ def make_grid(images: list[Image], labels: list[str], columns: int = 4, title: s
     from PIL import ImageDraw, ImageFont
 
     if not images:
-        raise ValueError("`images` is empty: nothing to lay out.")
+        raise InputError("`images` is empty: nothing to lay out.")
     font = ImageFont.load_default(size=11)
     width, height = images[0].size
     line_height = 12

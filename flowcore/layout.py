@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from flowcore.errors import OptionsError
+
 BREAK_PATTERN = re.compile(r"\s*\bBREAK\b\s*")
 WORD_PATTERN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -38,8 +40,9 @@ class ChunkFormat:
 
     def __post_init__(self) -> None:
         if self.tokens < 1 or self.leading < 0 or self.rows < self.leading + self.tokens:
-            raise ValueError(
-                f"A chunk of {self.rows} rows cannot hold {self.leading} start token(s) and {self.tokens} tokens."
+            raise OptionsError(
+                f"`ChunkFormat`: a chunk of {self.rows} rows cannot hold {self.leading} start token(s) and "
+                f"{self.tokens} tokens."
             )
 
 
@@ -134,9 +137,11 @@ def tokenize_with_offsets(tokenizer, text: str) -> list[Token]:
 
     Fast tokenizers report offsets themselves. Slow ones (the WebUI's transformers 4.30 CLIPTokenizer)
     are fed one word or punctuation mark at a time, which for CLIP's word-level BPE gives the same ids.
+    `verbose=False`: a long prompt is chunked here, so transformers' "longer than the specified maximum
+    sequence length" warning would be a false alarm.
     """
     if getattr(tokenizer, "is_fast", False):
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return [Token(i, a, b) for i, (a, b) in zip(encoded["input_ids"], encoded["offset_mapping"])]
     tokens = []
     for match in WORD_PATTERN.finditer(text):
@@ -173,16 +178,33 @@ def chunk_tokens(
     return chunks
 
 
-def layout_prompt(tokenizer, text: str, format: ChunkFormat = CLIP_CHUNKS) -> PromptLayout:
-    """Tokenize `text` and lay its tokens out in chunks of `format`, breaking at `BREAK` as the WebUI does."""
-    comma_ids = tokenizer(",", add_special_tokens=False)["input_ids"]
-    comma_id = comma_ids[0] if len(comma_ids) == 1 else None
+def break_segments(text: str) -> list[list[tuple[int, int]]]:
+    """The stretches of `text` between `BREAK`s, each one span to tokenize: plain text's segments."""
     segments, position = [], 0
     for match in [*BREAK_PATTERN.finditer(text), None]:
         end = match.start() if match else len(text)
-        piece = text[position:end]
-        tokens = tokenize_with_offsets(tokenizer, piece)
-        segments.append([Token(t.id, t.start + position, t.end + position) for t in tokens])
+        segments.append([(position, end)])
         position = match.end() if match else len(text)
-    chunks = chunk_tokens(segments, comma_id, format)
+    return segments
+
+
+def layout_prompt(
+    tokenizer, text: str, format: ChunkFormat = CLIP_CHUNKS, segments: list[list[tuple[int, int]]] | None = None
+) -> PromptLayout:
+    """Tokenize `text` and lay its tokens out in chunks of `format`, breaking at `BREAK` as the WebUI does.
+
+    `segments` (default: `break_segments(text)`) gives the spans of `text` to tokenize one by one, grouped by
+    chunk-breaking `BREAK`s: the WebUI tokenizes each run of equal emphasis on its own
+    (`flowcore.prompt_syntax.ParsedPrompt.segments`)."""
+    comma_ids = tokenizer(",", add_special_tokens=False)["input_ids"]
+    comma_id = comma_ids[0] if len(comma_ids) == 1 else None
+    tokens_per_segment = []
+    for spans in break_segments(text) if segments is None else segments:
+        tokens: list[Token] = []
+        for start, end in spans:
+            tokens += [
+                Token(t.id, t.start + start, t.end + start) for t in tokenize_with_offsets(tokenizer, text[start:end])
+            ]
+        tokens_per_segment.append(tokens)
+    chunks = chunk_tokens(tokens_per_segment, comma_id, format)
     return PromptLayout(text=text, chunks=tuple(tuple(chunk) for chunk in chunks), format=format)

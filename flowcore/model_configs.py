@@ -8,9 +8,13 @@ as a diffusers folder (no weights, no tokenizer) that `from_single_file(..., con
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
+
+from flowcore.errors import OptionsError
 
 _CLIP_L = {
     "architectures": ["CLIPTextModel"],
@@ -170,10 +174,17 @@ PAD_TOKENS = {"sd15": {"tokenizer": None}, "sd21": {"tokenizer": "!"}, "sdxl": {
 
 
 def write_config_folder(family: str, root: str | Path | None = None) -> Path:
-    """Write the configs of `family` ("sd15", "sd21", "sdxl") as a diffusers folder and return its path."""
+    """Write the configs of `family` ("sd15", "sd21", "sdxl") as a diffusers folder and return its path.
+
+    Without `root`, the folder is a fresh temporary one owned by this call (`flowcore-configs-*` in the system
+    temp directory, removed when the process exits), so that processes loading at the same time never write
+    into each other's configs."""
     if family not in CONFIGS:
-        raise ValueError(f"`family` must be one of {sorted(CONFIGS)} but is {family!r}.")
-    folder = Path(root or Path(tempfile.gettempdir()) / "flowcore-configs") / family  # rewritten on each call
+        raise OptionsError(f"`family` must be one of {sorted(CONFIGS)} but is {family!r}.")
+    if root is None:
+        root = tempfile.mkdtemp(prefix="flowcore-configs-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    folder = Path(root) / family
     for name, content in CONFIGS[family].items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ plan -> patched rows.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,15 +20,69 @@ import torch
 
 from flowcore import analysis, calibration, interventions
 from flowcore.calibration import Calibration, ItemSample
+from flowcore.emphasis import check_emphasis, emphasis_scale, encoder_widths, row_weights
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, TextEncoder
-from flowcore.errors import EncodingMismatchError
+from flowcore.errors import EncodingMismatchError, OptionsError, PromptError
 from flowcore.items import ISOLATE, KEEP, LexicalItem
 from flowcore.layout import PromptLayout
-from flowcore.markers import MarkedPrompt, parse_markers
+from flowcore.markers import MarkedPrompt, MarkedSpan, parse_markers
 from flowcore.options import FlowOptions
+from flowcore.prompt_syntax import SYNTAX_CHOICES, ParsedPrompt, read_prompt
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
 from flowcore.representative import RepresentativeClassifier, last_token_rows
 from flowcore.segmentation import load_nlp, segment_marked
+
+
+def check_prompt(prompt: object, name: str = "prompt") -> str:
+    """`prompt` if it is a string flowcore can read, else `PromptError` naming `name`: not a string (None, an
+    int, bytes), or with a NUL character, which tokenizers and spaCy drop with everything after it."""
+    if isinstance(prompt, bytes):
+        raise PromptError(f"`{name}` must be a str but is bytes ({prompt[:40]!r}); decode it first, e.g. `.decode()`.")
+    if not isinstance(prompt, str):
+        raise PromptError(f"`{name}` must be a str but is {type(prompt).__name__} ({prompt!r:.40}).")
+    if "\x00" in prompt:
+        raise PromptError(
+            f"`{name}` contains a NUL character (\\x00) at character {prompt.index(chr(0))}; remove it "
+            "(it usually comes from reading a binary file or a C string)."
+        )
+    return prompt
+
+
+def check_syntax(syntax: object) -> str:
+    """`syntax` if it is one of `SYNTAX_CHOICES`, else `OptionsError`."""
+    if syntax not in SYNTAX_CHOICES:
+        raise OptionsError(f"`syntax` must be one of {SYNTAX_CHOICES} but is {syntax!r}.")
+    return syntax
+
+
+def _locked(method):
+    """Run `method` holding the patcher's lock: its caches and lazily computed state are shared by every
+    caller, such as the Gradio app's concurrent handlers."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _marked_in(parsed: ParsedPrompt, marked: MarkedPrompt) -> MarkedPrompt:
+    """The marker spans of `marked` (offsets into the syntax text) moved into `parsed.text`, with the warnings of
+    both. A span whose text the syntax removes (the unused part of `[a:b:n]`) is dropped with a warning."""
+    spans, warnings = [], [*marked.warnings, *parsed.warnings]
+    text = parsed.text
+    for span in marked.spans:
+        start, end = parsed.span(span.start, span.end)
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start == end or not any(char.isalnum() for char in text[start:end]):
+            warnings.append(f"The marked text `{marked.text[span.start : span.end]}` is not encoded; marker ignored.")
+            continue
+        spans.append(MarkedSpan(start, end, span.kind))
+    return MarkedPrompt(text, tuple(spans), tuple(warnings))
 
 
 class _LruCache:
@@ -87,6 +144,11 @@ class FlowPatcher:
     print(result.report.summary())
     ```
 
+    Prompts are read in the AUTOMATIC1111 WebUI's syntax by default (`syntax="webui"`: `(word:1.3)`, `[word]`,
+    `BREAK`, `\\(`; see `flowcore.prompt_syntax`), so a prompt copied from the WebUI gives the WebUI's items and
+    rows, with emphasis applied to the rows as `emphasis` says ("original", "no norm", "ignore": the WebUI's
+    modes); `syntax="plain"` reads every character literally (only `BREAK` still breaks a chunk).
+
     Scores are read on the encoder's own scale (`flowcore.calibration`): the first automatic detection
     calibrates the encoder on built-in neutral prompts (a few seconds for an SD 1.5-size encoder on a CPU) and
     caches that on disk; pass `calibration=` to use one you have. Isolated encodings, segmentations and prompt
@@ -102,9 +164,16 @@ class FlowPatcher:
         classifier: RepresentativeClassifier | None = None,
         cache_size: int = 512,
         calibration: Calibration | None = None,
+        syntax: str = "webui",
+        emphasis: str = "original",
     ) -> None:
+        if options is not None and not isinstance(options, FlowOptions):
+            raise OptionsError(f"`options` must be a FlowOptions but is {type(options).__name__}.")
         self.encoder = encoder
         self.options = options or FlowOptions()
+        self.syntax = check_syntax(syntax)
+        self.emphasis = check_emphasis(emphasis)
+        self._lock = threading.RLock()
         self.nlp = nlp
         self.classifier = classifier  # finds representative tokens; without one, each item's last token
         self._isolated = _LruCache(cache_size)
@@ -113,6 +182,7 @@ class FlowPatcher:
         self._baseline: Encoding | None = None
         self._calibration = calibration
 
+    @_locked
     def clear_cache(self) -> None:
         """Forget every cached encoding, e.g. after the encoder's weights changed (a LoRA); the calibration too
         when the encoder's identity changed with them (it is measured, or loaded, again when next needed)."""
@@ -123,6 +193,7 @@ class FlowPatcher:
         if calibrated is not None and calibrated.key and not calibrated.key.startswith(self.encoder.identity()):
             self._calibration = None
 
+    @_locked
     def baseline(self) -> Encoding:
         """The clean-pad baseline: the empty prompt padded to one chunk, `(chunk rows, dim)` (computed once)."""
         if self._baseline is None:
@@ -132,10 +203,12 @@ class FlowPatcher:
     @property
     def calibration(self) -> Calibration:
         """The encoder's calibration: given, cached on disk, or measured now (see `calibrate`)."""
-        if self._calibration is None:
-            self._calibration = self.calibrate()
+        with self._lock:
+            if self._calibration is None:
+                self._calibration = self.calibrate()
         return self._calibration
 
+    @_locked
     def calibrate(self, use_cache: bool = True) -> Calibration:
         """Measure the encoder on the built-in calibration prompts (or load that from the disk cache).
 
@@ -172,6 +245,7 @@ class FlowPatcher:
         calibration.store(fitted)
         return fitted
 
+    @_locked
     def isolated(self, text: str, start: int | None = None) -> IsolatedItem:
         """`text` encoded on its own (cached), its first token at `start` (default: right after the start
         token, as when the text is the whole prompt; the rows an item of that text is patched with)."""
@@ -183,23 +257,46 @@ class FlowPatcher:
             0
         ]
 
+    @_locked
     def isolated_at(self, layout: PromptLayout, rows: list[int]) -> IsolatedItem:
         """The tokens on `rows` of a laid-out prompt encoded alone at their own positions (where the encoder can
         place them): what an item on those rows is scored against (cached)."""
         entry = self._place(LexicalItem("", 0, 0), rows, layout)
         return self._isolated_encodings([self._scoring_request(entry)])[0]
 
-    def run(self, prompt: str, options: FlowOptions | None = None) -> FlowResult:
+    @_locked
+    def run(self, prompt: str, options: FlowOptions | None = None, syntax: str | None = None) -> FlowResult:
         """Encode `prompt` (markers allowed) with the encoder, then patch it (see `patch`).
 
-        Encoders that can (`encode_many`) encode the prompt and every item it needs alone (at its own positions
-        to score it, at the start to patch it) in a single pass; `patch` then finds them all in the cache.
+        `syntax` ("webui" or "plain", default the patcher's) says how to read the prompt; with "webui" the
+        result's encodings carry the emphasis (`emphasis`), patched rows included. Encoders that can
+        (`encode_many`) encode the prompt and every item it needs alone (at its own positions to score it, at the
+        start to patch it) in a single pass; `patch` then finds them all in the cache.
         """
-        options = options or self.options
-        marked = parse_markers(prompt)
-        layout, encoding = self._encoded(marked, options)
-        return self.patch(encoding.rows, prompt, layout=layout, pooled=encoding.pooled, options=options)
+        # 1. Check inputs.
+        check_prompt(prompt)
+        options = self._check_options(options)
+        syntax = self.syntax if syntax is None else check_syntax(syntax)
 
+        # 2. Read markers, then the prompt syntax; encode without emphasis and patch.
+        raw = parse_markers(prompt)
+        parsed = read_prompt(raw.text, syntax)
+        marked = _marked_in(parsed, raw)
+        layout, encoding = self._encoded(marked, options, parsed)
+        result = self._patch(encoding.rows, prompt, marked, layout, encoding.pooled, options)
+        result.report.options["syntax"] = syntax
+
+        # 3. Emphasis, with the factors of the prompt's own encoding on its patched rows too.
+        if parsed.has_emphasis and self.emphasis != "ignore":
+            weights = row_weights(layout, parsed)
+            widths = encoder_widths(self.encoder, result.original.shape[1])
+            scale = emphasis_scale(result.original, weights, layout.format.rows, widths, self.emphasis)
+            scale = scale.to(result.original.dtype)
+            result.original, result.patched = result.original * scale, result.patched * scale
+            result.report.options["emphasis"] = self.emphasis
+        return result
+
+    @_locked
     def patch(
         self,
         encoding: torch.Tensor,
@@ -221,10 +318,29 @@ class FlowPatcher:
                 `(start, end)` in the marker-free text, with the reason (another encoder of the same prompt
                 flagged them: see `flowcore.joint`); items marked ^keep^ stay unpatched.
         """
-        options = options or self.options
-        # 1. Parse markers and find the items.
+        check_prompt(prompt)
+        options = self._check_options(options)
+        if not isinstance(encoding, torch.Tensor):
+            raise EncodingMismatchError(f"`encoding` must be a torch.Tensor but is {type(encoding).__name__}.")
         marked = parse_markers(prompt)
-        layout = layout or self.encoder.layout(marked.text)
+        return self._patch(encoding, prompt, marked, layout or self.encoder.layout(marked.text), pooled, options)
+
+    def _check_options(self, options: FlowOptions | None) -> FlowOptions:
+        if options is not None and not isinstance(options, FlowOptions):
+            raise OptionsError(f"`options` must be a FlowOptions but is {type(options).__name__}.")
+        return options or self.options
+
+    def _patch(
+        self,
+        encoding: torch.Tensor,
+        prompt: str,
+        marked: MarkedPrompt,
+        layout: PromptLayout,
+        pooled: torch.Tensor | None,
+        options: FlowOptions,
+    ) -> FlowResult:
+        """`patch` once the markers are read (`marked.text` is the encoded text)."""
+        # 1. Check the layout and the encoding; find the items.
         if layout.text != marked.text:
             raise EncodingMismatchError("`layout` was made for another text than the prompt without its markers.")
         if encoding.ndim != 2 or encoding.shape[0] != layout.n_rows:
@@ -314,13 +430,18 @@ class FlowPatcher:
 
     # --- helpers, in the order `run` and `patch` use them ---
 
-    def _encoded(self, marked: MarkedPrompt, options: FlowOptions) -> tuple[PromptLayout, Encoding]:
-        """The prompt's layout and encoding (cached). Encoders with `encode_many` also encode, in the same
-        pass, every item alone that `patch` will ask for, so that `patch` finds them in the cache."""
-        cached = self._encodings.get(marked.text)
+    def _encoded(
+        self, marked: MarkedPrompt, options: FlowOptions, parsed: ParsedPrompt | None = None
+    ) -> tuple[PromptLayout, Encoding]:
+        """The prompt's layout and encoding without emphasis (cached). Encoders with `encode_many` also encode,
+        in the same pass, every item alone that `patch` will ask for, so that `patch` finds them in the cache.
+        With `parsed` (the WebUI's syntax), each run of equal emphasis is tokenized on its own, as the WebUI does."""
+        segments = parsed.segments() if parsed is not None else None
+        key = (marked.text, None if segments is None else tuple(tuple(spans) for spans in segments))
+        cached = self._encodings.get(key)
         if cached is not None:
             return cached
-        layout = self.encoder.layout(marked.text)
+        layout = self._layout(marked.text, segments)
         if hasattr(self.encoder, "encode_many"):
             placed = self._placed(self._segment(marked, parse=options.detect or options.remove_redundant), layout)
             wanted = [
@@ -331,8 +452,15 @@ class FlowPatcher:
                 self._isolated.put(request, item)
         else:
             encoding = self.encoder.encode(layout)
-        self._encodings.put(marked.text, (layout, encoding))
+        self._encodings.put(key, (layout, encoding))
         return layout, encoding
+
+    def _layout(self, text: str, segments: list[list[tuple[int, int]]] | None) -> PromptLayout:
+        """The encoder's layout of `text`, tokenizing `segments` one by one where the encoder can (hosts whose
+        `layout` takes text only get the text)."""
+        if segments is not None and "segments" in inspect.signature(self.encoder.layout).parameters:
+            return self.encoder.layout(text, segments=segments)
+        return self.encoder.layout(text)
 
     @staticmethod
     def _place(item: LexicalItem, rows: list[int], layout: PromptLayout) -> _Placed:

@@ -20,19 +20,27 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from flowcore.devices import resolve_device
 from flowcore.encoders import ClipEncoder, SdxlEncoder
 from flowcore.encoders.base import Encoding, TextEncoder
-from flowcore.errors import FlowcoreError, ModelNotFoundError
+from flowcore.errors import (
+    EncodingMismatchError,
+    ModelFileError,
+    ModelNotFoundError,
+    OptionsError,
+    UnsupportedPipelineError,
+)
 from flowcore.layout import ROWS_PER_CHUNK
+from flowcore.model_source import check_config_folder, resolve_source
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
+from flowcore.quiet import diffusers_import_notices, weight_loading_bars_hidden
 from flowcore.report import FlowResult
 
 if TYPE_CHECKING:
@@ -43,19 +51,14 @@ logger = logging.getLogger(__name__)
 # The SD 1.5 weights moved from runwayml/ to this organisation in 2024; either copy in the cache will do.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL, "runwayml/stable-diffusion-v1-5")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else that does not exist is a wrong path
 CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"
 
 DOWNLOAD_HINT = (
-    "Download it once, with the network on: `hf download {repo}` (or `huggingface-cli download {repo}`), "
-    "or pass a local model: `--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or "
-    "`--model path/to/diffusers-folder`."
+    "Download it once, with the network on: for SD 1.5, `python3 tools/dev.py demo` fetches only the files "
+    "flowcore uses (about 2 GB); for any model, `.venv/bin/hf download {repo} --include '*.json' '*.txt' "
+    "'*fp16.safetensors'` (`hf` comes with huggingface_hub). Or pass a local model: "
+    "`--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or `--model path/to/diffusers-folder`."
 )
-
-
-class UnsupportedPipelineError(FlowcoreError):
-    """A pipeline or checkpoint flowcore cannot drive (yet)."""
 
 
 # --- 1. Loading ---
@@ -79,28 +82,30 @@ def load_pipeline(
 
     Raises `ModelNotFoundError` (with what to download or pass) when the model is not on this machine.
     """
-    # 1. Decide where the pipeline runs.
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    # 1. Check inputs: the device, the source and the config folder, before anything loads.
+    device = resolve_device(device)
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
+    resolved = resolve_source(default_source() if source is None else source)
+    if config is not None:
+        check_config_folder(config)
 
     # 2. Load it from whatever `source` names, never from the network.
-    source = _default_source() if source is None else source
-    path = Path(source).expanduser()
-    if path.is_file():
-        pipe = _load_single_file(path, config, dtype)
-    elif path.is_dir():
-        pipe = _load_folder(str(path), dtype)
-    elif not HUB_ID.fullmatch(str(source)) or str(source).endswith(SINGLE_FILE_SUFFIXES):
-        raise ModelNotFoundError(f"No model file or folder at `{source}`. Check the path.")
-    else:
-        pipe = _load_folder(str(source), dtype, hub_id=str(source))
+    with diffusers_import_notices(), weight_loading_bars_hidden():
+        if resolved.kind == "file":
+            pipe = _load_single_file(Path(resolved.location), config, dtype)
+        elif resolved.kind == "folder":
+            pipe = _load_folder(resolved.location, dtype)
+        else:
+            from flowcore.text_models import _folder_of
+
+            pipe = _load_folder(str(_folder_of(resolved)), dtype, hub_id=resolved.location)
 
     # 3. Move it to the device; leave the rest of the pipeline as loaded.
     check_supported(pipe)
     return pipe.to(device)
 
 
-def _default_source() -> str:
+def default_source() -> str:
     """The first SD 1.5 copy in the local hub cache (either repo name), else the canonical id (which then fails
     with a download hint)."""
     from huggingface_hub import try_to_load_from_cache
@@ -135,12 +140,24 @@ def _load_folder(source: str, dtype: torch.dtype, hub_id: str | None = None):
             + DOWNLOAD_HINT.format(repo=hub_id)
         ) from error
     extra = {"safety_checker": None} if "safety_checker" in config else {}
+    if "feature_extractor" in config and not (Path(source) / "feature_extractor").is_dir():
+        extra["feature_extractor"] = None  # only the safety checker uses it
+    variant = _variant_of(Path(source) / "unet")
     try:
-        return DiffusionPipeline.from_pretrained(source, local_files_only=True, **_dtype_argument(dtype), **extra)
+        return DiffusionPipeline.from_pretrained(
+            source, local_files_only=True, variant=variant, **_dtype_argument(dtype), **extra
+        )
     except OSError as error:
         raise ModelNotFoundError(
             f"Part of `{source}` is missing locally ({error}). " + DOWNLOAD_HINT.format(repo=hub_id or DEFAULT_MODEL)
         ) from error
+
+
+def _variant_of(folder: Path) -> str | None:
+    """ "fp16" where a component folder holds only half-precision weights (as `tools/demo.py` fetches them)."""
+    names = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors")
+    plain = any((folder / name).is_file() for name in names)
+    return "fp16" if not plain and any(folder.glob("*.fp16.safetensors")) else None
 
 
 def detect_checkpoint_type(path: str | os.PathLike) -> str:
@@ -173,9 +190,9 @@ def _load_single_file(path: Path, config: str | os.PathLike | None, dtype: torch
         model_type = detect_checkpoint_type(path)
         family = FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
-            raise UnsupportedPipelineError(
-                f"`{path.name}` looks like a `{model_type}` checkpoint; flowcore's bundled configs cover SD 1.x, "
-                "SD 2.x and SDXL base. Pass `config=` (`--config`) a diffusers folder of the same architecture."
+            raise ModelFileError(
+                f"`model` {path.name!r} looks like a `{model_type}` checkpoint; flowcore's bundled configs cover SD "
+                "1.x, SD 2.x and SDXL base. Pass `--config` (`config=`): a diffusers folder of its architecture."
             )
         config = write_config_folder(family)
     config = Path(config)
@@ -199,6 +216,11 @@ def _load_single_file(path: Path, config: str | os.PathLike | None, dtype: torch
         )
     except OSError as error:
         raise ModelNotFoundError(f"Could not load `{path}` offline: {error}") from error
+    except ValueError as error:  # diffusers: a tensor's shape does not fit the config
+        raise ModelFileError(
+            f"`model` {path.name!r} does not fit the configs in `{config}` ({str(error).split('. ')[0]}). Pass "
+            "`--config` (`config=`): a diffusers folder of the checkpoint's architecture."
+        ) from error
 
 
 def local_clip_tokenizer(pad_token: str | None = None):
@@ -208,7 +230,7 @@ def local_clip_tokenizer(pad_token: str | None = None):
     """
     from transformers import CLIPTokenizer
 
-    from flowcore.testing import CLIP_VOCAB_SIZE, clip_tokenizer
+    from flowcore.clip_tokenizer import CLIP_VOCAB_SIZE, clip_tokenizer
 
     tokenizer = None
     with contextlib.suppress(OSError, ValueError):
@@ -252,16 +274,14 @@ def encoder_for_pipeline(pipe, clip_skip: int = 1) -> TextEncoder:
     check_supported(pipe)
     if getattr(pipe, "text_encoder_2", None) is not None:
         if clip_skip != 1:
-            raise UnsupportedPipelineError(
-                f"`clip_skip` must be 1 for SDXL (it uses the penultimate layer) but is {clip_skip}."
-            )
+            raise OptionsError(f"`clip_skip` must be 1 for SDXL (it uses the penultimate layer) but is {clip_skip}.")
         return SdxlEncoder(pipe.tokenizer, pipe.text_encoder, pipe.tokenizer_2, pipe.text_encoder_2)
     return ClipEncoder(pipe.tokenizer, pipe.text_encoder, clip_skip=clip_skip)
 
 
-def patcher_for_pipeline(pipe, options: FlowOptions | None = None, clip_skip: int = 1) -> FlowPatcher:
-    """A `FlowPatcher` over the pipeline's text encoder(s)."""
-    return FlowPatcher(encoder_for_pipeline(pipe, clip_skip=clip_skip), options=options)
+def patcher_for_pipeline(pipe, options: FlowOptions | None = None, clip_skip: int = 1, **kwargs) -> FlowPatcher:
+    """A `FlowPatcher` over the pipeline's text encoder(s); `kwargs` go to it (`syntax=`, `emphasis=`, ...)."""
+    return FlowPatcher(encoder_for_pipeline(pipe, clip_skip=clip_skip), options=options, **kwargs)
 
 
 # --- 3. Generation ---
@@ -277,6 +297,22 @@ def as_encoding(conditioning: FlowResult | Encoding | torch.Tensor, patched: boo
     if isinstance(conditioning, Encoding):
         return conditioning
     return Encoding(conditioning, None)
+
+
+@contextlib.contextmanager
+def progress_bar_config(pipe, **settings):
+    """The pipeline's progress bar set as `settings` inside the block, and the caller's own settings back after:
+    the pipeline is the caller's, shared with their code."""
+    had = hasattr(pipe, "_progress_bar_config")
+    saved = copy.deepcopy(pipe._progress_bar_config) if had else None
+    pipe.set_progress_bar_config(**settings)
+    try:
+        yield
+    finally:
+        if had:
+            pipe._progress_bar_config = saved
+        else:
+            del pipe._progress_bar_config
 
 
 def _pad_to_rows(rows: torch.Tensor, n_rows: int, empty: torch.Tensor) -> torch.Tensor:
@@ -316,11 +352,13 @@ def generate(
     encoding = as_encoding(conditioning, patched)
     rows, pooled = encoding.rows, encoding.pooled
     if rows.ndim != 2 or rows.shape[0] % ROWS_PER_CHUNK:
-        raise ValueError(f"`conditioning` rows must have shape (77 * chunks, dim) but have shape {tuple(rows.shape)}.")
+        raise EncodingMismatchError(
+            f"`conditioning` rows must have shape (77 * chunks, dim) but have shape {tuple(rows.shape)}."
+        )
     encoder = encoder or encoder_for_pipeline(pipe)
     is_sdxl = getattr(pipe, "text_encoder_2", None) is not None
     if is_sdxl and pooled is None:
-        raise ValueError("SDXL needs a pooled vector: pass a `FlowResult` or an `Encoding` with `pooled`.")
+        raise EncodingMismatchError("SDXL needs a pooled vector: pass a `FlowResult` or an `Encoding` with `pooled`.")
 
     # 2. Encode the negative prompt and give both sides the same number of chunks.
     if is_sdxl and not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
@@ -337,17 +375,17 @@ def generate(
     kwargs = {}
     if is_sdxl:
         kwargs = {"pooled_prompt_embeds": pooled[None], "negative_pooled_prompt_embeds": negative.pooled[None]}
-    pipe.set_progress_bar_config(disable=not progress, leave=False)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    output = pipe(
-        prompt_embeds=rows[None],
-        negative_prompt_embeds=negative_rows[None],
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        width=width,
-        height=height,
-        generator=generator,
-        output_type="pil",
-        **kwargs,
-    )
+    with progress_bar_config(pipe, disable=not progress, leave=False):
+        output = pipe(
+            prompt_embeds=rows[None],
+            negative_prompt_embeds=negative_rows[None],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            width=width,
+            height=height,
+            generator=generator,
+            output_type="pil",
+            **kwargs,
+        )
     return output.images[0]

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from flowcore.errors import LabelsError, OptionsError
+
 
 def last_token_rows(rows: Sequence[int]) -> list[int]:
     """The rule for causal encoders: an item's last token carries the whole item."""
@@ -47,9 +49,9 @@ def read_labels(path: str | Path) -> list[LabelledItem]:
             data = json.loads(line)
             record = LabelledItem(data["prompt"], data["item"], tuple(data["representative"]))
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: expected {{prompt, item, representative}}: {error}") from error
+            raise LabelsError(f"{path}:{number}: expected {{prompt, item, representative}}: {error}") from error
         if record.item not in record.prompt:
-            raise ValueError(f"{path}:{number}: item {record.item!r} is not in prompt {record.prompt!r}")
+            raise LabelsError(f"{path}:{number}: item {record.item!r} is not in prompt {record.prompt!r}")
         records.append(record)
     return records
 
@@ -71,7 +73,7 @@ def token_examples(encoder, records: Sequence[LabelledItem]) -> tuple[torch.Tens
                 vectors.append(rows[row].float())
                 labels.append(any(a <= token.start < b for a, b in keep))
     if not vectors:
-        raise ValueError("No labelled tokens were found: check that the items occur in their prompts.")
+        raise LabelsError("No labelled tokens were found: check that the items occur in their prompts.")
     return torch.stack(vectors), torch.tensor(labels)
 
 
@@ -89,7 +91,7 @@ class RepresentativeClassifier:
 
     def __init__(self, k: int = 5):
         if k < 1:
-            raise ValueError(f"`k` must be at least 1 but is {k}.")
+            raise OptionsError(f"`k` must be at least 1 but is {k}.")
         self.k = k
         self.vectors: torch.Tensor | None = None  # (examples, dim), unit length
         self.labels: torch.Tensor | None = None  # (examples,), bool
@@ -97,7 +99,7 @@ class RepresentativeClassifier:
     def fit(self, vectors: torch.Tensor, labels: torch.Tensor) -> RepresentativeClassifier:
         """Remember the labelled token vectors `(examples, dim)` and labels `(examples,)`."""
         if vectors.ndim != 2 or labels.shape != (vectors.shape[0],):
-            raise ValueError(
+            raise LabelsError(
                 f"`vectors` (n, dim) and `labels` (n,) do not match: {tuple(vectors.shape)}, {tuple(labels.shape)}."
             )
         self.vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
@@ -107,7 +109,7 @@ class RepresentativeClassifier:
     def predict(self, vectors: torch.Tensor) -> torch.Tensor:
         """Whether each token vector `(n, dim)` is representative: `(n,)` bool."""
         if self.vectors is None:
-            raise ValueError("The classifier has not been fitted or loaded.")
+            raise LabelsError("The classifier has not been fitted or loaded: call `fit` or `load` first.")
         queries = torch.nn.functional.normalize(vectors.float().to(self.vectors.device), dim=1)
         k = min(self.k, self.vectors.shape[0])
         nearest = (queries @ self.vectors.T).topk(k, dim=1).indices  # (n, k)
@@ -128,7 +130,7 @@ class RepresentativeClassifier:
     def save(self, path: str | Path) -> None:
         """Write `path.safetensors` (vectors, labels) and `path.json` (k and shapes)."""
         if self.vectors is None:
-            raise ValueError("The classifier has not been fitted.")
+            raise LabelsError("The classifier has not been fitted: call `fit` first.")
         path = Path(path)
         save_file({"vectors": self.vectors.contiguous(), "labels": self.labels.to(torch.uint8)}, f"{path}.safetensors")
         meta = {"k": self.k, "examples": int(self.vectors.shape[0]), "dim": int(self.vectors.shape[1])}

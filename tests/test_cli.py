@@ -75,5 +75,5 @@ def test_explore_writes_a_grid_of_items_and_tokens(sd15_folder, tmp_path, capsys
 
 
 def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path, capsys):
-    assert main(["analyze", "a zebra", "--model", str(tmp_path / "nope.safetensors")]) == 1
+    assert main(["analyze", "a zebra", "--model", str(tmp_path / "nope.safetensors")]) == 2
     assert "flowcore: error: No model file or folder" in capsys.readouterr().err

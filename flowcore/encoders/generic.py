@@ -97,8 +97,9 @@ class GenericEncoder:
         settings = (type(self).__name__, self.layer, self.format, self.causal, self.attend_padding, self.end_id)
         return weights_fingerprint(self.encoder_module, settings=settings)
 
-    def layout(self, text: str) -> PromptLayout:
-        return layout_prompt(self.tokenizer, text, self.format)
+    def layout(self, text: str, segments: list[list[tuple[int, int]]] | None = None) -> PromptLayout:
+        """`text` in chunks; `segments`: the spans to tokenize one by one (see `flowcore.layout.layout_prompt`)."""
+        return layout_prompt(self.tokenizer, text, self.format, segments)
 
     def _frame(self, ids: Sequence[int], start: int) -> tuple[list[int], list[int]]:
         """`[start token] ids [end token]` with their position ids: the start token at 0, `ids` from `start`."""
