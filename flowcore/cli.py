@@ -17,14 +17,16 @@ import re
 import sys
 from pathlib import Path
 
-from flowcore.errors import FlowcoreError
-from flowcore.options import TAIL_CHOICES, FlowOptions
+from flowcore.errors import FlowcoreError, OptionsError
+from flowcore.options import MARKERS, MODE_CHOICES, TAIL_CHOICES, FlowOptions
 
 DESCRIPTION = """\
 Follow the Flow: find the items of a text-to-image prompt whose encoding leaked toward another item
 ("zebra" after "crosswalk" becoming a zebra crossing), and patch them with their own, isolated encoding.
 
-Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never."""
+Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never.
+Modes: auto (patch the items the detector flags), markers (only ~marked~ items), every (every item but
+^kept^ ones and quality/style tags such as "masterpiece" or "bokeh": the exact form of what Cutoff does)."""
 
 EPILOG = """\
 models (--model):
@@ -35,6 +37,7 @@ Nothing is downloaded: a missing model is an error that says how to get it.
 
 examples:
   flowcore analyze "a crosswalk next to a bus station with a standing zebra"
+  flowcore analyze "masterpiece, 1girl, white shirt, green tie, red shoes, blue hair" --mode every
   flowcore compare "a crosswalk next to a bus station with a standing zebra" \\
       --model ~/stable-diffusion-webui/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors
   flowcore explore "a baseball game at night, bats flying over the stadium" --no-tokens
@@ -51,8 +54,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_patch_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detection and patching")
+    group.add_argument(
+        "--mode", choices=MODE_CHOICES, help="which items to patch: auto (default), markers (only ~marked~), every"
+    )
+    group.add_argument("--no-detect", action="store_true", help="the old spelling of --mode markers")
     group.add_argument("--sensitivity", type=float, default=0.5, help="0..1; higher patches more items (default 0.5)")
-    group.add_argument("--no-detect", action="store_true", help="patch only ~marked~ items")
+    group.add_argument(
+        "--patch-style-tags", action="store_true", help="also patch quality/style/camera tags (masterpiece, bokeh)"
+    )
+    group.add_argument(
+        "--style-tags", type=Path, metavar="FILE", help="more quality/style tags, one a line (see FLOWCORE_STYLE_TAGS)"
+    )
     group.add_argument("--tail", choices=TAIL_CHOICES, default="leave", help="EOS/padding rows (default: leave)")
     group.add_argument("--remove-redundant", action="store_true", help="also replace redundant tokens with clean pads")
 
@@ -112,8 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> FlowOptions:
+    """The patcher's options from the command line (`--no-detect` is `--mode markers`)."""
+    if args.no_detect and args.mode not in (None, MARKERS):
+        raise OptionsError(f"`--no-detect` means `--mode markers` but `--mode` is {args.mode!r}; pass one.")
+    extra = ()
+    if args.style_tags is not None:
+        try:
+            extra = tuple(args.style_tags.read_text(encoding="utf-8").splitlines())
+        except OSError as error:
+            raise OptionsError(f"Cannot read `--style-tags {args.style_tags}`: {error.strerror}.") from error
     return FlowOptions(
-        detect=not args.no_detect, sensitivity=args.sensitivity, tail=args.tail, remove_redundant=args.remove_redundant
+        mode=MARKERS if args.no_detect else args.mode,
+        sensitivity=args.sensitivity,
+        tail=args.tail,
+        remove_redundant=args.remove_redundant,
+        patch_style_tags=args.patch_style_tags,
+        style_tags=extra,
     )
 
 
@@ -121,8 +147,9 @@ def _load(args: argparse.Namespace):
     """The pipeline and a patcher over its encoder."""
     from flowcore.pipelines import load_pipeline, patcher_for_pipeline
 
+    options = options_from(args)  # bad options fail before the model loads
     pipe = load_pipeline(args.model, config=args.config, device=args.device)
-    return pipe, patcher_for_pipeline(pipe, options=options_from(args), clip_skip=args.clip_skip)
+    return pipe, patcher_for_pipeline(pipe, options=options, clip_skip=args.clip_skip)
 
 
 def _out_dir(args: argparse.Namespace, prompt: str) -> Path:
