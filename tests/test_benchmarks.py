@@ -70,3 +70,20 @@ def test_webui_overhead_benchmark_sends_each_variant_its_own_prompt(capsys):
         assert every["alwayson_scripts"]["Follow the Flow"]["args"][:2] == [True, "Every item"]
         assert not set(every["prompt"].split(", ")[1:]) & set(automatic["prompt"].split(", ")[1:])
     assert "\nFtF Every item " in capsys.readouterr().out  # its row of the table
+
+
+def test_tag_prompt_benchmark_data_and_segmentation_table(capsys):
+    """The held-out tag prompts are well formed (every expected item is text of its prompt) and the
+    segmentation table runs; its numbers are reported by the benchmark, not asserted here."""
+    spec = importlib.util.spec_from_file_location("tag_prompts", SCRIPT.parent / "tag_prompts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cases = module.held_out_cases()
+    assert len(cases) >= 15
+    for case in cases:
+        assert all(item in case["prompt"] for item in case["items"] + case["style"]), case["prompt"]
+    assert len(module.neutral_prompts()) >= 20
+    assert all(len(prompt.split(",")) >= 10 for prompt in module.neutral_prompts())
+    totals = module.segmentation_table()
+    assert totals["expected"] == sum(len(case["items"]) for case in cases)
+    assert "subject items found" in capsys.readouterr().out
