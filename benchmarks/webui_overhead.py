@@ -12,6 +12,9 @@ round. Variants:
 - off, same prompt again: right after "off", so the WebUI's cond cache (which keeps the last prompt only)
   answers; `off - off again` is what a plain encode of the prompt costs in this WebUI;
 - FtF Automatic / FtF Markers only (one marked item): a new prompt each round;
+- FtF Every item: every item patched with its own encoding (no detector), a new prompt each round: the round's
+  colours rotated by three, so that none of its colour items is one Automatic encoded in the same round ("cute
+  girl", the first item, is the same in both: its encoding alone may be found cached);
 - FtF Automatic, repeated prompt: the prompt of an earlier generation (the extension's caches are warm; the
   WebUI's, which keep only the last prompt, are not: it encodes the prompt as for "off");
 - Cutoff: the peer extension, with the colours as targets (weight 0.5), a new prompt each round.
@@ -44,6 +47,7 @@ PALETTE = [  # six colours a set: the base prompt's, then one set per round
     ["lime", "rose", "copper", "bronze", "charcoal", "cream"],
 ]
 MAX_ROUNDS = len(PALETTE) - 2  # one set for the base prompt, one for the warm-up round
+EVERY = "FtF Every item"
 
 
 def post(url: str, path: str, payload: dict) -> dict:
@@ -59,6 +63,11 @@ def get(url: str, path: str) -> dict:
         return json.loads(response.read())
 
 
+def rotated(colours: list[str], by: int = 3) -> list[str]:
+    """The same colours on other items ("white shirt" becomes "blue shirt")."""
+    return colours[by:] + colours[:by]
+
+
 def variants(with_cutoff: bool) -> dict[str, tuple[str, dict, bool]]:
     """name -> (prompt template with its own ending, alwayson_scripts, new colours each round)."""
     ftf = "Follow the Flow"
@@ -68,6 +77,7 @@ def variants(with_cutoff: bool) -> dict[str, tuple[str, dict, bool]]:
         "FtF Automatic": (TEMPLATE + ",", {ftf: {"args": [True, "Automatic", 0.5]}}, True),
         "FtF Automatic, repeated prompt": (TEMPLATE + ".", {ftf: {"args": [True, "Automatic", 0.5]}}, False),
         "FtF Markers only (1 item)": (MARKED_TEMPLATE, {ftf: {"args": [True, "Markers only", 0.5]}}, True),
+        EVERY: (TEMPLATE + "!", {ftf: {"args": [True, "Every item", 0.5]}}, True),
     }
     if with_cutoff:
         table["Cutoff"] = (TEMPLATE + ";", {"Cutoff": {"args": [True, "{targets}", 0.5]}}, True)
@@ -96,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for round_number in range(args.rounds + 1):
         for name, (template, alwayson, new_each_round) in table.items():
             colours = PALETTE[round_number + 1 if new_each_round else 0]
+            colours = rotated(colours) if name == EVERY else colours
             text = template.format(*colours)
             alwayson = json.loads(json.dumps(alwayson).replace("{targets}", ", ".join(colours)))
             payload = {
@@ -125,13 +136,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         print(f"{name:<32} {statistics.median(values):>9.3f} {added:>+8.3f} {ratio:>13.3f}")
     plain = statistics.median(o - r for o, r in zip(off, times["off, same prompt again"]))
     print(f"\nplain encode of the prompt (off - off again): {plain:.3f} s")
-    for name in ("FtF Automatic", "FtF Markers only (1 item)"):
+    for name in ("FtF Automatic", "FtF Markers only (1 item)", EVERY):
         added = statistics.median(v - o for v, o in zip(times[name], off))
         print(f"{name} adds {added / plain:.2f}x a plain encode" if plain > 0 else "")
     if with_cutoff:
-        ftf = statistics.median(v - o for v, o in zip(times["FtF Automatic"], off))
         cutoff = statistics.median(v - o for v, o in zip(times["Cutoff"], off))
-        print(f"FtF Automatic adds {ftf / cutoff:.2f}x what Cutoff adds" if cutoff > 0 else "Cutoff added nothing")
+        for name in ("FtF Automatic", EVERY):
+            ftf = statistics.median(v - o for v, o in zip(times[name], off))
+            print(f"{name} adds {ftf / cutoff:.2f}x what Cutoff adds" if cutoff > 0 else "Cutoff added nothing")
     return times
 
 

@@ -2,8 +2,9 @@
 the API argument order and the X/Y/Z axes (a test checks that they agree).
 
 API users pass the arguments positionally, in table order, under
-`"alwayson_scripts": {"Follow the Flow": {"args": [True, "Automatic", 0.5, "leave", False, False]}}`
-(a partial list is allowed: the rest keep their defaults).
+`"alwayson_scripts": {"Follow the Flow": {"args": [True, "Automatic", 0.5, "leave", False, False, False]}}`
+(a partial list is allowed: the rest keep their defaults, so lists written before an argument was added at the
+end still work). New arguments are only ever added at the end.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 
-from flowcore.options import TAIL_CHOICES, FlowOptions
+from flowcore.options import AUTO, EVERY, MARKERS, TAIL_CHOICES, FlowOptions
 
 logger = logging.getLogger("follow_the_flow")
 
@@ -19,8 +20,11 @@ TITLE = "Follow the Flow"
 PREFIX = "[Follow the Flow]"
 MODE_AUTO = "Automatic"
 MODE_MARKERS = "Markers only"
-MODE_CHOICES = (MODE_AUTO, MODE_MARKERS)
-ALIASES = {"auto": MODE_AUTO, "markers": MODE_MARKERS}  # short forms API users may send
+MODE_EVERY = "Every item"
+MODE_CHOICES = (MODE_AUTO, MODE_MARKERS, MODE_EVERY)
+CORE_MODES = {MODE_AUTO: AUTO, MODE_MARKERS: MARKERS, MODE_EVERY: EVERY}  # UI label -> `FlowOptions.mode`
+# Short forms API users may send (the core's names, and "all").
+ALIASES = {"auto": MODE_AUTO, "markers": MODE_MARKERS, "every": MODE_EVERY, "all": MODE_EVERY}
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,17 @@ class ArgSpec:
 
 ARG_TABLE: tuple[ArgSpec, ...] = (
     ArgSpec("enabled", TITLE, "accordion", False, TITLE, axis="Enabled"),
-    ArgSpec("mode", "FtF mode", "radio", MODE_AUTO, "Which items to patch", choices=MODE_CHOICES, axis="Mode"),
+    ArgSpec(
+        "mode",
+        "FtF mode",
+        "radio",
+        MODE_AUTO,
+        "Which items to patch",
+        choices=MODE_CHOICES,
+        axis="Mode",
+        info="Automatic: the items found leaked. Markers only: only ~marked~ items. Every item: every item but "
+        "^kept^ ones and quality/style tags, each from its own encoding (exact, per item, what Cutoff approximates).",
+    ),
     ArgSpec(
         "sensitivity",
         "FtF sensitivity",
@@ -56,6 +70,15 @@ ARG_TABLE: tuple[ArgSpec, ...] = (
     ArgSpec("tail", "FtF tail", "radio", "leave", "EOS/padding rows", choices=TAIL_CHOICES),
     ArgSpec("remove_redundant", "FtF remove redundant", "checkbox", False, "Remove redundant tokens"),
     ArgSpec("show_report", "FtF report", "checkbox", False, "Show a report under the image"),
+    ArgSpec(
+        "patch_style_tags",
+        "FtF patch style tags",
+        "checkbox",
+        False,
+        "Also patch quality/style tags",
+        info="masterpiece, best quality, bokeh, 85mm, trending on artstation, ... (flowcore/data/style_tags.txt; "
+        "add your own with FLOWCORE_STYLE_TAGS). Off: they are never patched, only scored.",
+    ),
 )
 SPECS = {spec.field: spec for spec in ARG_TABLE}
 
@@ -70,6 +93,7 @@ class FlowArgs:
     tail: str = "leave"
     remove_redundant: bool = False
     show_report: bool = False
+    patch_style_tags: bool = False
 
     @classmethod
     def from_values(cls, values, warn: bool = True) -> FlowArgs:
@@ -92,10 +116,11 @@ class FlowArgs:
 
     def flow_options(self) -> FlowOptions:
         return FlowOptions(
-            detect=self.mode == MODE_AUTO,
+            mode=CORE_MODES[self.mode],
             sensitivity=float(self.sensitivity),
             tail=self.tail,
             remove_redundant=bool(self.remove_redundant),
+            patch_style_tags=bool(self.patch_style_tags),
         )
 
     def infotext(self) -> dict[str, object]:

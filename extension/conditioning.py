@@ -154,7 +154,7 @@ def collect_targets(c, prompts: Sequence[str], marked: Sequence[str], steps_cand
 
 def needs_core(target: Target, options: FlowOptions) -> bool:
     """Markers only, no markers in the line, no redundant-token removal: nothing to do (no spaCy run)."""
-    return options.detect or options.remove_redundant or target.marked_line != target.line
+    return options.parse or options.remove_redundant or target.marked_line != target.line
 
 
 def patch_target(

@@ -35,7 +35,7 @@ from flowcore.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1  # bump when the score or the statistics change: old cache files are then ignored
+CALIBRATION_VERSION = 2  # bump when the score or the statistics change: old cache files are then ignored
 DOMINANT_DIRECTIONS = 3  # removed after standardising; the first few carry "a token of this model", not meaning
 NEIGHBOURS = 10  # k of the hubness terms
 PROMPTS_PATH = Path(__file__).parent / "data" / "calibration_prompts.txt"

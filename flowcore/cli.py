@@ -22,7 +22,7 @@ import unicodedata
 from pathlib import Path
 
 from flowcore.errors import FlowcoreError, OptionsError
-from flowcore.options import TAIL_CHOICES, FlowOptions
+from flowcore.options import MARKERS, MODE_CHOICES, TAIL_CHOICES, FlowOptions
 
 DESCRIPTION = """\
 Follow the Flow: find the items of a text-to-image prompt whose encoding leaked toward another item
@@ -30,7 +30,10 @@ Follow the Flow: find the items of a text-to-image prompt whose encoding leaked 
 
 Mark items in the prompt to override detection: ~standing zebra~ is always patched, ^crosswalk^ never.
 Prompts are read in the AUTOMATIC1111 WebUI's syntax by default: (zebra:1.3), [cat], BREAK, \\( escapes;
---syntax plain reads every character literally."""
+--syntax plain reads every character literally.
+
+Modes: auto (patch the items the detector flags), markers (only ~marked~ items), every (every item but
+^kept^ ones and quality/style tags such as "masterpiece" or "bokeh": the exact form of what Cutoff does)."""
 
 DESCRIPTIONS = {
     "analyze": "Print the prompt's items, their leak scores and what would be patched. Loads only the model's "
@@ -52,6 +55,8 @@ OPTION_NAMES = {
     "tail": "--tail",
     "syntax": "--syntax",
     "emphasis": "--emphasis",
+    "mode": "--mode",
+    "style_tags": "--style-tags",
 }
 
 EPILOG = """\
@@ -63,6 +68,7 @@ Nothing is downloaded: a missing model is an error that says how to get it.
 
 examples:
   flowcore analyze "a crosswalk next to a bus station with a standing zebra"
+  flowcore analyze "masterpiece, 1girl, white shirt, green tie, red shoes, blue hair" --mode every
   flowcore compare "a crosswalk next to a bus station with a standing zebra" \\
       --model ~/stable-diffusion-webui/models/Stable-diffusion/v1-5-pruned-emaonly.safetensors
   flowcore explore "a baseball game at night, bats flying over the stadium" --no-tokens
@@ -91,8 +97,17 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_patch_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detection and patching")
+    group.add_argument(
+        "--mode", choices=MODE_CHOICES, help="which items to patch: auto (default), markers (only ~marked~), every"
+    )
+    group.add_argument("--no-detect", action="store_true", help="the old spelling of --mode markers")
     group.add_argument("--sensitivity", type=float, default=0.5, help="0..1; higher patches more items (default 0.5)")
-    group.add_argument("--no-detect", action="store_true", help="patch only ~marked~ items")
+    group.add_argument(
+        "--patch-style-tags", action="store_true", help="also patch quality/style/camera tags (masterpiece, bokeh)"
+    )
+    group.add_argument(
+        "--style-tags", type=Path, metavar="FILE", help="more quality/style tags, one a line (see FLOWCORE_STYLE_TAGS)"
+    )
     group.add_argument("--tail", choices=TAIL_CHOICES, default="leave", help="EOS/padding rows (default: leave)")
     group.add_argument("--remove-redundant", action="store_true", help="also replace redundant tokens with clean pads")
 
@@ -158,8 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> FlowOptions:
+    """The patcher's options from the command line (`--no-detect` is `--mode markers`)."""
+    if args.no_detect and args.mode not in (None, MARKERS):
+        raise OptionsError(f"`--no-detect` means `--mode markers` but `--mode` is {args.mode!r}; pass one.")
+    extra = ()
+    if args.style_tags is not None:
+        try:
+            extra = tuple(args.style_tags.read_text(encoding="utf-8").splitlines())
+        except OSError as error:
+            raise OptionsError(f"Cannot read `--style-tags {args.style_tags}`: {error.strerror}.") from error
     return FlowOptions(
-        detect=not args.no_detect, sensitivity=args.sensitivity, tail=args.tail, remove_redundant=args.remove_redundant
+        mode=MARKERS if args.no_detect else args.mode,
+        sensitivity=args.sensitivity,
+        tail=args.tail,
+        remove_redundant=args.remove_redundant,
+        patch_style_tags=args.patch_style_tags,
+        style_tags=extra,
     )
 
 
@@ -168,7 +197,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     from flowcore.model_source import check_config_folder, resolve_source
     from flowcore.patcher import check_prompt
 
-    options_from(args)  # --sensitivity, --tail
+    options_from(args)  # --sensitivity, --tail, --mode, --style-tags
     if getattr(args, "prompt", None) is not None:
         check_prompt(args.prompt)
     if args.clip_skip < 1:

@@ -14,7 +14,9 @@ class LexicalItem:
 
     `start` and `end` are character offsets into the marker-free prompt, so
     `clean_text[item.start:item.end] == item.text`. `head` is the word that names the concept (the noun
-    the modifiers attach to); `marker` is `"isolate"`, `"keep"` or None when the item came from the parser.
+    the modifiers attach to; for a tag, its last word); `marker` is `"isolate"`, `"keep"` or None when the
+    item came from the parser; `style` whether it is a quality, style or camera tag (`flowcore.style_tags`),
+    which the patcher does not patch unless asked.
     """
 
     text: str
@@ -22,6 +24,7 @@ class LexicalItem:
     end: int
     head: str = ""
     marker: str | None = None
+    style: bool = False
 
     def overlaps(self, start: int, end: int) -> bool:
         """Whether the half-open character span [start, end) shares a character with this item."""

@@ -26,11 +26,12 @@ from flowcore.errors import EncodingMismatchError, OptionsError, PromptError
 from flowcore.items import ISOLATE, KEEP, LexicalItem
 from flowcore.layout import PromptLayout
 from flowcore.markers import MarkedPrompt, MarkedSpan, parse_markers
-from flowcore.options import FlowOptions
+from flowcore.options import EVERY, FlowOptions
 from flowcore.prompt_syntax import SYNTAX_CHOICES, ParsedPrompt, read_prompt
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
 from flowcore.representative import RepresentativeClassifier, last_token_rows
 from flowcore.segmentation import load_nlp, segment_marked
+from flowcore.style_tags import style_tags
 
 
 def check_prompt(prompt: object, name: str = "prompt") -> str:
@@ -323,7 +324,8 @@ class FlowPatcher:
         if not isinstance(encoding, torch.Tensor):
             raise EncodingMismatchError(f"`encoding` must be a torch.Tensor but is {type(encoding).__name__}.")
         marked = parse_markers(prompt)
-        return self._patch(encoding, prompt, marked, layout or self.encoder.layout(marked.text), pooled, options)
+        layout = layout or self.encoder.layout(marked.text)
+        return self._patch(encoding, prompt, marked, layout, pooled, options, force)
 
     def _check_options(self, options: FlowOptions | None) -> FlowOptions:
         if options is not None and not isinstance(options, FlowOptions):
@@ -338,6 +340,7 @@ class FlowPatcher:
         layout: PromptLayout,
         pooled: torch.Tensor | None,
         options: FlowOptions,
+        force: Mapping[tuple[int, int], str] = MappingProxyType({}),
     ) -> FlowResult:
         """`patch` once the markers are read (`marked.text` is the encoded text)."""
         # 1. Check the layout and the encoding; find the items.
@@ -355,7 +358,7 @@ class FlowPatcher:
 
         # 2. Map items to rows; items without rows (or across a chunk boundary) are reported and left alone.
         placed = []
-        for item in self._segment(marked, parse=options.detect or options.remove_redundant):
+        for item in self._segment(marked, options):
             rows = layout.item_rows(item.start, item.end)
             problem = self._placement_problem(rows, layout)
             if problem:
@@ -443,7 +446,7 @@ class FlowPatcher:
             return cached
         layout = self._layout(marked.text, segments)
         if hasattr(self.encoder, "encode_many"):
-            placed = self._placed(self._segment(marked, parse=options.detect or options.remove_redundant), layout)
+            placed = self._placed(self._segment(marked, options), layout)
             wanted = [
                 request for request in self._requests(placed, layout, options) if self._isolated.get(request) is None
             ]
@@ -477,15 +480,17 @@ class FlowPatcher:
     def _requests(self, placed: list[_Placed], layout: PromptLayout, options: FlowOptions) -> list[ItemRequest]:
         """The encodings alone that `patch` will ask for: with detection on, every item at its own position
         (to score it); and at the start, every item that may be patched (to patch it). An item marked
-        ^keep^, or one that nothing could have pulled (or at sensitivity 0) and that is not marked ~isolate~,
-        is never patched."""
+        ^keep^, a style tag (unless `patch_style_tags`), or, in automatic mode, one that nothing could have
+        pulled (or at sensitivity 0), is never patched unless it is marked ~isolate~."""
         requests = []
         for index, entry in enumerate(placed):
             if options.detect:
                 requests.append(self._scoring_request(entry))
-            automatic = options.detect and options.sensitivity > 0 and entry.item.marker != KEEP
+            item = entry.item
+            patchable = item.marker != KEEP and (options.patch_style_tags or not item.style)
+            automatic = options.detect and options.sensitivity > 0 and patchable
             scorable = automatic and self._candidates(index, placed, layout)
-            if entry.item.marker == ISOLATE or scorable:
+            if item.marker == ISOLATE or scorable or (options.mode == EVERY and patchable):
                 requests.append(entry.patch_request)
         return list(dict.fromkeys(requests))
 
@@ -493,12 +498,17 @@ class FlowPatcher:
         """The item alone at its own positions, where the encoder can place it (else right after the start)."""
         return entry.request if self._can_position() else entry.patch_request
 
-    def _segment(self, marked: MarkedPrompt, parse: bool = True) -> list[LexicalItem]:
-        """The prompt's items (cached); with `parse=False` only its marked spans (markers only: no spaCy run)."""
-        key = (marked.text, marked.spans, parse)
+    def _segment(self, marked: MarkedPrompt, options: FlowOptions | None = None) -> list[LexicalItem]:
+        """The prompt's items (cached); in markers-only mode without redundant-token removal only its marked
+        spans (no spaCy run). Items that are style tags (the built-in list, `$FLOWCORE_STYLE_TAGS` and
+        `options.style_tags`) are marked as such."""
+        options = options or self.options
+        parse = options.parse or options.remove_redundant
+        tags = style_tags(options.style_tags)
+        key = (marked.text, marked.spans, parse, tags)
         items = self._items.get(key)
         if items is None:
-            items = segment_marked(marked, self.nlp, parse)
+            items = segment_marked(marked, self.nlp, parse, tags)
             self._items.put(key, items)
         return items
 
@@ -562,6 +572,10 @@ class FlowPatcher:
             return False, "marked ^keep^"
         if item.marker == ISOLATE:
             return True, "marked ~isolate~"
+        if item.style and not options.patch_style_tags:
+            return False, "a quality/style tag: never patched unless `patch_style_tags` is on"
+        if options.mode == EVERY:
+            return True, "every-item mode"
         if not options.detect:
             return False, "automatic detection is off"
         if score is None:

@@ -79,6 +79,9 @@ class FlowReport:
 
     def describe_threshold(self) -> str:
         """The threshold for people: its value and the share of unrelated items that reach it."""
+        if self.options.get("mode") == "every":
+            spared = "^kept^ items" if self.options.get("patch_style_tags") else "^kept^ items and quality/style tags"
+            return f"none (every-item mode: every item is patched but {spared})"
         if self.threshold == float("inf"):
             return "none (automatic detection off)" if self.patch_share == 0 else "none needed (no item was scored)"
         if self.threshold == float("-inf"):

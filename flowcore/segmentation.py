@@ -1,20 +1,48 @@
-"""Segment a prompt into lexical items with spaCy's dependency parser, honouring prompt markers.
+"""Segment a prompt into lexical items, from sentences and from tag lists, honouring prompt markers.
 
-An item is a noun phrase with its own modifiers and without leading determiners ("a standing zebra" ->
-"standing zebra"; "San Francisco's Golden Gate Bridge" stays whole). Nouns that only locate something
-("to the right of", "in front of", "on top of") and pronouns are not items. Spans marked with `~...~` or
-`^...^` replace whatever the parser found there.
+Prompts are written two ways, often mixed in one prompt:
+
+- **sentences** ("a crosswalk next to a bus station with a standing zebra"): an item is a noun phrase with its
+  own modifiers and without leading determiners ("a standing zebra" -> "standing zebra"; "San Francisco's
+  Golden Gate Bridge" stays whole), found with spaCy's dependency parser. Nouns that only locate something
+  ("to the right of", "in front of", "on top of") and pronouns are not items.
+- **tag lists** ("masterpiece, best quality, 1girl, white shirt, green tie, looking at viewer"): each tag is
+  an item, whatever its words: multiword tags, booru tags with digits or underscores (`1girl`, `score_9`),
+  verb-phrase tags (`looking at viewer`).
+
+**The rule** (`is_tag`). The prompt is cut into stretches at commas, semicolons and line breaks (and at the
+WebUI's `BREAK`). A stretch, without emphasis brackets or a `:weight`, is ONE TAG (one item) when
+
+1. it is a quality, style or camera tag (`flowcore.style_tags`: "best quality", "trending on artstation"), or
+2. it has at most `MAX_TAG_WORDS` (4) words, none of them a determiner, pronoun, conjunction or auxiliary
+   verb (`FUNCTION_WORDS`), and either no preposition (`PREPOSITIONS`) or a verb as its first word
+   ("looking at viewer", "sitting on bench"), and it is not a run of adverbs ("very very slowly");
+
+otherwise it is a PHRASE, read as a sentence: its items are the parser's noun phrases (the whole prompt is
+parsed at once, so a sentence that runs across commas keeps its context), plus any booru-style word in it
+(`1girl`, `blue_hair`) the parser did not make part of one. So "a castle on a hill, at sunset, with dragons"
+is three phrases (castle, hill, sunset, dragons) and "1girl, a girl holding a red umbrella in the rain, blue
+coat" is a tag, a phrase and a tag (1girl, girl, red umbrella, rain, blue coat); "white shirt with green tie"
+is a phrase (two items, so that each colour stays with its own noun).
+
+Numbers and units never make items of their own: an item never ends or starts inside a word ("85mm" is not
+"mm"), and one without a word of two or more letters that is not a unit after a number ("1.2", "16:9", "8k",
+"85mm") is dropped, unless it is a known camera or quality tag ("85mm", "8k"), which is kept and marked
+`style`. Items that are style tags are marked `style=True` wherever they come from; the patcher never patches
+them unless asked. Spans marked with `~...~` or `^...^` replace whatever was found there.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 from flowcore.errors import SPACY_MODEL_MISSING, ModelNotFoundError
 from flowcore.items import LexicalItem
 from flowcore.layout import BREAK_PATTERN
 from flowcore.markers import MarkedPrompt, parse_markers
+from flowcore.style_tags import StyleTags, style_tags
 
 if TYPE_CHECKING:
     from spacy.language import Language
@@ -28,6 +56,32 @@ NOUN_PART_DEPS = {"compound", "flat", "poss", "nmod"}
 # Left neighbours of an item's noun that belong to the item, when they modify it (directly or not).
 MODIFIER_DEPS = {"compound", "flat", "poss", "nmod", "case", "amod", "nummod", "quantmod", "advmod", "npadvmod"}
 MODIFIER_POS_EXCLUDED = {"DET", "PRON", "ADP", "PUNCT", "CCONJ", "SCONJ", "SPACE"}
+
+# --- the tag rule (see the module docstring) ---
+STRETCH_SEPARATORS = re.compile(r"[,;\n]")
+MAX_TAG_WORDS = 4  # "very long blue hair"; longer stretches are read as phrases ("girl standing in a field")
+# Closed word classes that make a stretch a phrase. Fixed lists, not the parser's tags: spaCy's tags are
+# unreliable on tag lists ("bokeh" ADJ, "1girl" NUM), and a fixed list is a rule a user can read.
+# "no" is left out ("no humans" is a tag), as are the particles up/down/out/off ("hair up", "arms up").
+_FUNCTION_WORDS = (
+    "a an the this that these those some any each every another its his her their my your our whose which what "
+    "i me you he him she it we us they them himself herself itself themselves who whom "
+    "and or but nor yet because although though while whereas if than as "
+    "is are was were be been being am has have had does do did will would can could should may might must"
+)
+_PREPOSITIONS = (
+    "about above across after against along amid among around at before behind below beneath beside besides "
+    "between beyond by despite during for from in inside into like near of on onto outside over past through "
+    "throughout to toward towards under underneath until upon with within without via"
+)
+FUNCTION_WORDS, PREPOSITIONS = frozenset(_FUNCTION_WORDS.split()), frozenset(_PREPOSITIONS.split())
+VERB_TAGS = {"VBG", "VBN", "VB"}  # a stretch starting with one is a verb-phrase tag ("looking at viewer")
+_UNITS = "mm cm m km px k x p fps hz s sec ms mp mb gb kb in ft kg g"
+UNITS = frozenset(_UNITS.split())
+_EDGE_OPEN = " \t\n([{\"'"
+_EDGE_CLOSE = " \t\n)]}\"'.!?"
+_WEIGHT = re.compile(r":\s*-?\d*\.?\d+$")  # "(blue hair:1.2)"
+_BOORU_WORD = re.compile(r"[\w'-]*(?:_|\d[^\W\d_]{2,})[\w'-]*")  # "blue_hair", "1girl", "2boys", "score_9"
 
 _loaded: dict[str, Language] = {}
 
@@ -107,44 +161,144 @@ def _pieces(text: str) -> list[tuple[int, str]]:
     return pieces
 
 
-def _parser_items(text: str, nlp: Language) -> list[LexicalItem]:
-    """Items from the parser alone, for marker-free text: one per head noun, with its left modifiers."""
+def _stretches(text: str) -> list[tuple[int, int]]:
+    """The `[start, end)` spans of `text` between separators (commas, semicolons, line breaks)."""
+    bounds = [-1, *(match.start() for match in STRETCH_SEPARATORS.finditer(text)), len(text)]
+    return [(left + 1, right) for left, right in zip(bounds, bounds[1:])]
+
+
+def _core(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without surrounding spaces, emphasis brackets, quotes, a closing full stop or a `:weight`."""
+    while start < end and text[start] in _EDGE_OPEN:
+        start += 1
+    previous = None
+    while previous != end:
+        previous = end
+        while end > start and text[end - 1] in _EDGE_CLOSE:
+            end -= 1
+        if weight := _WEIGHT.search(text, start, end):
+            end = weight.start()
+    return start, end
+
+
+def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span widened so that it neither starts nor ends inside a word ("85|mm" -> "85mm")."""
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+        end += 1
+    return start, end
+
+
+def has_content(text: str) -> bool:
+    """Whether `text` has a word of two or more letters that is not a unit after a number: "1girl" and
+    "score_9" have one; "1.2", "16:9", "8k", "85mm", "1920x1080" do not."""
+    for run in re.finditer(r"[^\W\d_]+", text):
+        after_number = run.start() > 0 and text[run.start() - 1].isdigit()
+        if len(run.group()) >= 2 and not (after_number and run.group().lower() in UNITS):
+            return True
+    return False
+
+
+def is_tag(words: list[str], first_is_verb: bool, tags: StyleTags | None = None) -> bool:
+    """The module's rule: whether a stretch made of `words` is one tag rather than a phrase.
+
+    `first_is_verb`: whether its first word is a verb (from the parser); `tags`: the style tags (rule 1).
+    """
+    if tags is not None and tags.matches(" ".join(words)):
+        return True
+    plain = [word.strip(".,:;!?\"'()[]{}").lower() for word in words]
+    if not plain or len(plain) > MAX_TAG_WORDS or any(word in FUNCTION_WORDS for word in plain):
+        return False
+    return first_is_verb or not any(word in PREPOSITIONS for word in plain)
+
+
+def _item(text: str, start: int, end: int, head: str, tags: StyleTags) -> LexicalItem | None:
+    """An item over `text[start:end]`, marked `style` where it is a style tag; None where it is junk."""
+    span = text[start:end]
+    style = tags.matches(span)
+    if not style and not has_content(span):
+        return None
+    return LexicalItem(text=span, start=start, end=end, head=head, style=style)
+
+
+def _phrase_items(doc, offset: int, start: int, end: int, text: str, tags: StyleTags) -> list[LexicalItem]:
+    """Items of a phrase `text[start:end]` (offsets into `text`; the doc is of the piece at `offset`): one per
+    head noun with its left modifiers inside the stretch, then booru-style words no such item covers."""
+    items = []
+    for token in doc:
+        position = offset + token.idx
+        if not start <= position < end or not _is_head(token):
+            continue
+        tokens = [t for t in _item_tokens(token) if offset + t.idx >= start]
+        if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
+            continue  # "to the right of", "in front of", "on top of": a location, not a concept
+        left, right = _whole_words(text, offset + tokens[0].idx, offset + tokens[-1].idx + len(tokens[-1].text))
+        if item := _item(text, left, right, token.text, tags):
+            items.append(item)
+    for word in re.finditer(r"\S+", text[start:end]):
+        left, right = _core(text, start + word.start(), start + word.end())
+        covered = any(item.overlaps(left, right) for item in items)
+        booru = left < right and not covered and _BOORU_WORD.fullmatch(text[left:right])
+        if booru and (item := _item(text, left, right, text[left:right], tags)):
+            items.append(item)
+    return sorted(items, key=lambda item: item.start)
+
+
+def _parser_items(text: str, nlp: Language, tags: StyleTags) -> list[LexicalItem]:
+    """Items of marker-free text: per stretch (see the module docstring), one tag or a phrase's noun phrases.
+    Each `BREAK` piece is parsed once, whole."""
     items = []
     pieces = _pieces(text)
-    for (offset, _), doc in zip(pieces, nlp.pipe(piece for _, piece in pieces)):
-        for token in doc:
-            if not _is_head(token):
-                continue
-            tokens = _item_tokens(token)
-            if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
-                continue  # "to the right of", "in front of", "on top of": a location, not a concept
-            if not any(t.is_alpha for t in tokens):
-                continue
-            start, end = offset + tokens[0].idx, offset + tokens[-1].idx + len(tokens[-1].text)
-            items.append(LexicalItem(text=text[start:end], start=start, end=end, head=token.text))
+    for (offset, piece), doc in zip(pieces, nlp.pipe(piece for _, piece in pieces)):
+        for stretch_start, stretch_end in _stretches(piece):
+            start, end = _core(text, offset + stretch_start, offset + stretch_end)
+            if start >= end or re.fullmatch(r"<[^<>]*>", text[start:end]):
+                continue  # empty, or an extra network ("<lora:name:0.8>") written into the text
+            first = doc.char_span(start - offset, end - offset, alignment_mode="expand")
+            first_is_verb = bool(first) and (first[0].tag_ in VERB_TAGS or first[0].pos_ == "VERB")
+            words = text[start:end].split()
+            adverbs = len(words) > 1 and bool(first) and all(token.pos_ == "ADV" for token in first)
+            if not adverbs and is_tag(words, first_is_verb, tags):
+                if item := _item(text, start, end, words[-1].strip(".,:;!?\"'()[]{}") or words[-1], tags):
+                    items.append(item)
+            else:
+                items += _phrase_items(doc, offset, start, end, text, tags)
     return items
 
 
-def segment_marked(marked: MarkedPrompt, nlp: Language | None = None, parse: bool = True) -> list[LexicalItem]:
-    """Items of an already parsed prompt: the parser's, with marked spans overriding what they overlap.
-    With `parse=False` only the marked spans (no spaCy run: what "markers only" needs)."""
+def segment_marked(
+    marked: MarkedPrompt, nlp: Language | None = None, parse: bool = True, tags: StyleTags | None = None
+) -> list[LexicalItem]:
+    """Items of an already parsed prompt: tags and the parser's items, with marked spans overriding what they
+    overlap. With `parse=False` only the marked spans (no spaCy run: what "markers only" needs). `tags`: the
+    style tags (default: `flowcore.style_tags.style_tags()`)."""
     text = marked.text
     if not text.strip():
         return []
-    items = _parser_items(text, nlp or load_nlp()) if parse else []
+    tags = tags if tags is not None else style_tags()
+    items = _parser_items(text, nlp or load_nlp(), tags) if parse else []
     for span in marked.spans:
         items = [item for item in items if not item.overlaps(span.start, span.end)]
         span_text = text[span.start : span.end]
         items.append(
-            LexicalItem(text=span_text, start=span.start, end=span.end, head=span_text.split()[-1], marker=span.kind)
+            LexicalItem(
+                text=span_text,
+                start=span.start,
+                end=span.end,
+                head=span_text.split()[-1],
+                marker=span.kind,
+                style=tags.matches(span_text),
+            )
         )
     return sorted(items, key=lambda item: item.start)
 
 
-def segment(text: str, nlp: Language | None = None) -> list[LexicalItem]:
+def segment(text: str, nlp: Language | None = None, tags: StyleTags | None = None) -> list[LexicalItem]:
     """The prompt's lexical items, in order.
 
     Markers (`~isolate~`, `^keep^`) are removed first; offsets refer to the marker-free text, which for a
-    prompt without markers is `text` itself: `text[item.start:item.end] == item.text`.
+    prompt without markers is `text` itself: `text[item.start:item.end] == item.text`. Items that are
+    quality, style or camera tags have `style=True`.
     """
-    return segment_marked(parse_markers(text), nlp)
+    return segment_marked(parse_markers(text), nlp, tags=tags)

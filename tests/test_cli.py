@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
-from flowcore.cli import main
+from flowcore import FlowOptions
+from flowcore.cli import build_parser, main, options_from
+from flowcore.errors import OptionsError
 
 PROMPT = "a crosswalk next to a bus station with a ~standing zebra~"
 FAST = ["--steps", "2", "--width", "64", "--height", "64"]
@@ -35,6 +37,39 @@ def test_analyze_table_and_json(sd15_folder, capsys):
     zebra = next(item for item in data["items"] if item["item"]["text"] == "standing zebra")
     assert zebra["patched"] and zebra["representative_rows"] == [zebra["rows"][-1]]
     assert [t["text"] for t in data["tokens"]][-2:] == ["standing", "zebra"]
+
+
+def test_analyze_every_item_mode(sd15_folder, capsys):
+    prompt = "masterpiece, white shirt, green tie, ^red shoes^"
+    assert main(["analyze", prompt, "--model", str(sd15_folder), "--device", "cpu", "--mode", "every"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("every-item mode") == 3  # two items and the threshold line
+    assert "quality/style tag" in table and "marked ^keep^" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], FlowOptions()),
+        (["--mode", "every"], FlowOptions(mode="every")),
+        (["--no-detect"], FlowOptions(mode="markers")),
+        (["--no-detect", "--mode", "markers"], FlowOptions(mode="markers")),
+        (["--mode", "every", "--patch-style-tags"], FlowOptions(mode="every", patch_style_tags=True)),
+    ],
+)
+def test_mode_options(argv, expected):
+    assert options_from(build_parser().parse_args(["analyze", "x", *argv])) == expected
+
+
+def test_mode_option_errors_and_style_tag_files(tmp_path, capsys):
+    with pytest.raises(OptionsError, match="--no-detect"):
+        options_from(build_parser().parse_args(["analyze", "x", "--no-detect", "--mode", "every"]))
+    tags = tmp_path / "tags.txt"
+    tags.write_text("kodak portra 400\nre:fujifilm \\w+\n", encoding="utf-8")
+    options = options_from(build_parser().parse_args(["analyze", "x", "--style-tags", str(tags)]))
+    assert options.style_tags == ("kodak portra 400", "re:fujifilm \\w+")
+    assert main(["analyze", "x", "--style-tags", str(tmp_path / "missing.txt")]) == 2
+    assert "Cannot read `--style-tags" in capsys.readouterr().err
 
 
 def test_compare_writes_side_by_side_png_and_html(sd15_folder, tmp_path, capsys):

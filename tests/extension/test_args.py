@@ -12,6 +12,7 @@ from ext_helpers import TITLE, conds, on
 from modules import errors
 
 from extension.args import ARG_TABLE, FlowArgs, from_infotext, paste_getter
+from flowcore.options import FlowOptions
 
 
 def parse_infotext(text: str) -> dict:
@@ -48,8 +49,33 @@ def test_api_arg_order_and_partial_lists(webui):
     script = our_script(webui)
     args = webui.script_args({TITLE: [True, "markers", 0.7]})
     values = args[script.args_from : script.args_to]
-    assert values == [True, "markers", 0.7, "leave", False, False]
+    assert values == [True, "markers", 0.7, "leave", False, False, False]
     assert FlowArgs.from_values(values) == FlowArgs(enabled=True, mode="Markers only", sensitivity=0.7)
+
+
+@pytest.mark.parametrize(
+    ("sent", "mode", "core"),
+    [
+        ("Automatic", "Automatic", "auto"),
+        ("auto", "Automatic", "auto"),
+        ("Markers only", "Markers only", "markers"),
+        ("markers", "Markers only", "markers"),
+        ("Every item", "Every item", "every"),
+        ("every", "Every item", "every"),
+        ("ALL", "Every item", "every"),
+    ],
+)
+def test_modes_and_their_api_aliases(sent, mode, core):
+    args = FlowArgs.from_values([True, sent])
+    assert args.mode == mode and args.flow_options().mode == core
+
+
+def test_api_lists_written_before_the_last_arguments_still_work():
+    old = [True, "Markers only", 0.7, "leave", True, True]  # before `patch_style_tags` was added
+    assert FlowArgs.from_values(old) == FlowArgs(True, "Markers only", 0.7, "leave", True, True, False)
+    assert FlowArgs.from_values([True, "every", 0.5, "leave", False, False, True]).flow_options() == FlowOptions(
+        mode="every", patch_style_tags=True
+    )
 
 
 def test_invalid_api_values_fall_back_to_defaults(caplog):
@@ -66,9 +92,19 @@ def test_infotext_round_trip(webui):
     restored = from_infotext(params)
     assert restored == FlowArgs(True, "Markers only", 0.8, "leave", True, False)
     pasted = paste(our_script(webui), params)
-    assert list(pasted.values()) == [True, "Markers only", 0.8, "leave", True, False]
+    assert list(pasted.values()) == [True, "Markers only", 0.8, "leave", True, False, False]
     # infotext of an image made without the extension: the box is turned off, the options left alone
-    assert list(paste(our_script(webui), {"Steps": "20"}).values()) == [False, None, None, None, None, None]
+    assert list(paste(our_script(webui), {"Steps": "20"}).values()) == [False] + [None] * (len(ARG_TABLE) - 1)
+
+
+def test_every_item_infotext_round_trip_and_old_infotexts(webui):
+    args = FlowArgs(True, "Every item", patch_style_tags=True)
+    params = {key: str(value) for key, value in args.infotext().items()}
+    assert params == {TITLE: "True", "FtF mode": "Every item", "FtF patch style tags": "True"}
+    assert from_infotext(params) == args
+    assert list(paste(our_script(webui), params).values())[1] == "Every item"
+    old = {TITLE: "True", "FtF mode": "Markers only", "FtF sensitivity": "0.8"}  # an infotext of an older version
+    assert from_infotext(old) == FlowArgs(True, "Markers only", 0.8)
 
 
 def test_setting_defaults_feed_the_ui(webui):
@@ -102,6 +138,8 @@ def test_xyz_axes_registered_and_applied(webui):
     axes = [f"[Follow the Flow] {spec.axis}" for spec in ARG_TABLE if spec.axis]
     assert axes == ["[Follow the Flow] Enabled", "[Follow the Flow] Mode", "[Follow the Flow] Sensitivity"]
     assert all(labels.count(axis) == 1 for axis in axes)
+    mode_axis = next(o for o in module.axis_options if o.label == axes[1])
+    assert mode_axis.choices() == ["Automatic", "Markers only", "Every item"]
     enabled_axis = next(o for o in module.axis_options if o.label == axes[0])
     p = webui.make_p(prompt="a crosswalk next to a ~standing zebra~")  # box off in the UI
     on_, off = module.run_axis(p, enabled_axis, ["True", "False"])  # cells share p's dicts (shallow copies)
@@ -124,3 +162,15 @@ def test_xyz_axes_wait_for_before_ui(monkeypatch):
     assert len(registered) == 1
     assert registered[0]() == 3 and registered[0]() == 0  # added once
     assert webui.xyz_grid_module()
+
+
+SIX_COLOURS = "a cute girl, white shirt with green tie, red shoes, blue hair, yellow eyes, pink skirt"
+COLOUR_ITEMS = "cute girl; white shirt; green tie; red shoes; blue hair; yellow eyes; pink skirt"
+
+
+def test_every_item_mode_patches_every_colour_item(webui):
+    res = webui.txt2img(prompt=SIX_COLOURS, alwayson=on("Every item"))
+    assert not errors.reported
+    params = parse_infotext(res.infotexts[0])
+    assert params["FtF mode"] == "Every item"
+    assert res.infotexts[0].count(f"FtF patched: {COLOUR_ITEMS}") == 1
