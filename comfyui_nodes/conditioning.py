@@ -78,7 +78,7 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
     tokens = clip.tokenize(marked.text)
     conditioning = clip.encode_from_tokens_scheduled(tokens)
     outcome = Outcome(conditioning, notes=list(marked.warnings))
-    if not options.detect and not marked.spans and not options.remove_redundant:
+    if not options.parse and not marked.spans and not options.remove_redundant:
         outcome.notes.append("Markers only, and the prompt has no markers: nothing to patch.")
         return outcome
     try:

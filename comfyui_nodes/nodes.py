@@ -10,10 +10,12 @@ from . import conditioning, report
 
 MODE_AUTOMATIC = "Automatic"
 MODE_MARKERS = "Markers only"
+MODE_EVERY = "Every item"
 # Each mode: how the node's sensitivity becomes the core's options. A new mode is one entry here.
 MODES: dict[str, Callable[[float], FlowOptions]] = {
-    MODE_AUTOMATIC: lambda sensitivity: FlowOptions(detect=True, sensitivity=sensitivity),
-    MODE_MARKERS: lambda sensitivity: FlowOptions(detect=False, sensitivity=sensitivity),
+    MODE_AUTOMATIC: lambda sensitivity: FlowOptions(mode="auto", sensitivity=sensitivity),
+    MODE_MARKERS: lambda sensitivity: FlowOptions(mode="markers", sensitivity=sensitivity),
+    MODE_EVERY: lambda sensitivity: FlowOptions(mode="every", sensitivity=sensitivity),
 }
 
 
@@ -40,7 +42,9 @@ class FollowTheFlowTextEncode:
                     {
                         "default": MODE_AUTOMATIC,
                         "tooltip": "Automatic: find leaked items and patch them (and the ~marked~ ones). "
-                        "Markers only: patch the ~marked~ items only; without markers, exactly CLIP Text Encode.",
+                        "Markers only: patch the ~marked~ items only; without markers, exactly CLIP Text Encode. "
+                        "Every item: patch every item but ^kept^ ones and quality/style tags (masterpiece, bokeh), "
+                        "with no detector: the exact form of what Cutoff does against colour bleeding.",
                     },
                 ),
                 "sensitivity": (

@@ -52,8 +52,11 @@ def say_once(key: str, message: str) -> None:
 
 
 def is_forge(sd_model) -> bool:
-    """Forge (and reForge) models carry `forge_objects`; A1111's do not."""
-    return hasattr(sd_model, "forge_objects")
+    """Forge's models carry `forge_objects` and encode with Forge's text engines. reForge's carry
+    `forge_objects` too, but keep A1111's `cond_stage_model`: they take the A1111 path."""
+    if not hasattr(sd_model, "forge_objects"):
+        return False
+    return not hasattr(getattr(sd_model, "cond_stage_model", None), "tokenize_line")
 
 
 def unsupported_reason(sd_model) -> str:

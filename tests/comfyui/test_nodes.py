@@ -11,7 +11,7 @@ from pathlib import Path
 import comfy_standin
 import pytest
 import torch
-from helpers import reference
+from helpers import changed_rows, item_rows, reference
 from nodes import CLIPTextEncode
 
 from comfyui_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, conditioning, layout
@@ -31,7 +31,7 @@ def test_the_node_stands_in_for_clip_text_encode():
     required = node.INPUT_TYPES()["required"]
     assert list(required) == ["text", "clip", "mode", "sensitivity"]  # CLIPTextEncode's two inputs first
     assert required["text"][0] == "STRING" and required["clip"][0] == "CLIP"
-    assert required["mode"][0] == ["Automatic", "Markers only"] == list(MODES)
+    assert required["mode"][0] == ["Automatic", "Markers only", "Every item"] == list(MODES)
     assert required["sensitivity"][1]["default"] == 0.5
     assert node.RETURN_TYPES == ("CONDITIONING", "STRING", "IMAGE")
     assert getattr(node(), node.FUNCTION)
@@ -92,6 +92,24 @@ def test_sensitivity_zero_patches_nothing(clips, calibrated):
     cond, report, _ = FollowTheFlowTextEncode().encode(clips["sdxl"], PROMPT, "Automatic", 0.0)
     assert torch.equal(cond[0][0], reference(clips["sdxl"], PROMPT)[0][None])
     assert "Patched: nothing" in report
+
+
+def test_every_item_mode_patches_every_item_but_kept_and_style_tags(clips):
+    """No detector and no calibration: each item's rows are its encode alone; the quality tag and the ^kept^
+    item keep ComfyUI's rows."""
+    clip = clips["sd1"]
+    prompt = "masterpiece, white shirt, green tie, ^red shoes^, blue hair"
+    cond, text, _ = FollowTheFlowTextEncode().encode(clip, prompt, "Every item", 0.5)
+    rows_out = cond[0][0][0]
+    plain = prompt.replace("^", "")
+    original = reference(clip, plain)[0]
+    patched_rows = []
+    for item in ["white shirt", "green tie", "blue hair"]:
+        rows, alone_rows = item_rows(clip, "l", plain, item)
+        torch.testing.assert_close(rows_out[rows], reference(clip, item)[0][alone_rows], atol=1e-5, rtol=0)
+        patched_rows += rows
+    assert changed_rows(rows_out, original) == sorted(patched_rows)
+    assert "Patched: 'white shirt', 'green tie', 'blue hair'" in text
 
 
 class _OtherEncoder(torch.nn.Module):

@@ -159,19 +159,30 @@ def test_unmappable_prompt_is_skipped_with_a_warning(webui, caplog):
     assert not errors.reported and res.sampling_records
 
 
-def test_forge_or_unsupported_models_skip_with_one_message(webui, caplog):
+def test_forge_models_without_known_engines_or_unsupported_models_skip_with_one_message(webui, caplog):
+    from types import SimpleNamespace
+
     from extension import script
 
+    forge_model = SimpleNamespace(forge_objects=object(), cond_stage_model=None)  # Forge's, no engine we know
+    assert script.is_forge(forge_model) and "Forge" in script.unsupported_reason(forge_model)
     script._said.clear()
-    webui.model.forge_objects = object()
+    webui.model.is_sd1, webui.model.is_sd3 = False, True
     with caplog.at_level(logging.WARNING, logger="follow_the_flow"):
         webui.txt2img(prompt=ZEBRA, alwayson=on())
         webui.txt2img(prompt=ZEBRA, alwayson=on())
     messages = [r.getMessage() for r in caplog.records if r.name == "follow_the_flow"]
-    assert len(messages) == 1 and "Forge" in messages[0]
-    del webui.model.forge_objects
-    webui.model.is_sd1, webui.model.is_sd3 = False, True
-    assert "sd3" in script.unsupported_reason(webui.model)
+    assert len(messages) == 1 and "sd3" in messages[0]
+
+
+def test_a_reforge_model_with_a1111s_text_encoder_takes_the_a1111_path(webui):
+    """reForge's models carry `forge_objects` but keep A1111's `cond_stage_model`."""
+    webui.model.forge_objects = object()
+    try:
+        res = webui.txt2img(prompt=ZEBRA, alwayson=on())
+    finally:
+        del webui.model.forge_objects
+    assert "FtF patched: standing zebra" in res.infotexts[0]
 
 
 def test_script_file_loads_and_registers(webui):
