@@ -20,7 +20,7 @@ def dev(monkeypatch):
     calls = []
     monkeypatch.setattr(module, "sh", lambda *args, env=None: calls.append([str(a) for a in args]))
     monkeypatch.setattr(module, "ensure_environment", lambda extras: None)
-    monkeypatch.setattr(module, "ensure_webui_environment", lambda: Path("webui-python"))
+    monkeypatch.setattr(module, "ensure_host_environment", lambda venv_dir: Path(f"{venv_dir.name}-python"))
     module.calls = calls
     return module
 
@@ -52,23 +52,24 @@ def test_without_root_every_other_suite_runs_then_one_line_says_what_to_install(
     message = str(exit_info.value.code)
     assert "\n" not in message and "sudo apt-get install chromium chromium-driver" in message
     pytest_runs = [call for call in dev.calls if "pytest" in call]
-    assert len(pytest_runs) == 2  # the core suite without the browser test, then the WebUI environment's
-    assert "tests/test_app_browser.py" in pytest_runs[0] and "webui-python" in pytest_runs[1][0]
+    assert len(pytest_runs) == 3  # the core suite without the browser test, then A1111's and Forge's environments
+    assert "tests/test_app_browser.py" in pytest_runs[0]
+    assert [run[0] for run in pytest_runs[1:]] == [".venv-webui-python", ".venv-forge-python"]
 
 
-def test_a_failing_suite_does_not_stop_the_webui_suite(dev, monkeypatch):
+def test_a_failing_suite_does_not_stop_the_host_suites(dev, monkeypatch):
     monkeypatch.setattr(dev.shutil, "which", which({"chromium", "chromedriver"}))
 
     def sh(*args, env=None):
         dev.calls.append([str(a) for a in args])
-        if "pytest" in args and "webui-python" not in str(args[0]):
+        if "pytest" in args and "-python" not in str(args[0]):
             raise subprocess.CalledProcessError(1, args)
 
     monkeypatch.setattr(dev, "sh", sh)
     with pytest.raises(SystemExit) as exit_info:
         dev.test([])
     assert exit_info.value.code == 1
-    assert any("webui-python" in call[0] for call in dev.calls)
+    assert {".venv-webui-python", ".venv-forge-python"} <= {call[0] for call in dev.calls}
     assert not any("--deselect" in call for call in dev.calls)  # the browser is there: its test runs
 
 

