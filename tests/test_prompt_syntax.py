@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowcore import FlowOptions, FlowPatcher
+from flowcore import ClipEncoder, FlowOptions, FlowPatcher
 from flowcore.errors import OptionsError
 from flowcore.prompt_syntax import parse_attention, parse_prompt, plain_prompt
+from flowcore.testing import clip_tokenizer, tiny_clip_text_model
 
 STANDIN = Path(__file__).resolve().parent / "webui_standin"
 NOTHING = FlowOptions(detect=False)  # encode only: no spaCy scores, no patch
@@ -98,8 +99,13 @@ def test_markers_around_emphasis_and_syntax_warnings_in_the_report(patcher):
     assert result.report.options["syntax"] == "webui"
 
 
-def test_emphasis_multiplies_rows_then_keeps_the_chunks_mean(patcher, clip_encoder):
+def test_emphasis_multiplies_rows_then_keeps_the_chunks_mean(nlp):
     """Hand-derived: rows times their token's weight, then the chunk rescaled to its old mean ("original")."""
+    model = tiny_clip_text_model(seed=0)
+    with torch.no_grad():  # rows whose mean is not ~0 (a final layer norm without bias gives zero-mean rows)
+        next(m for name, m in model.named_modules() if name.endswith("final_layer_norm")).bias.add_(0.5)
+    clip_encoder = ClipEncoder(clip_tokenizer(), model)
+    patcher = FlowPatcher(clip_encoder, nlp=nlp)
     prompt = "a (red:1.5) car and a [blue] sky"
     result = patcher.run(prompt, NOTHING)
     layout = result.layout
