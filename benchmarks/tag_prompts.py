@@ -5,9 +5,10 @@
    missing, junk (items found that are neither an expected item nor an expected style tag), and the quality/
    style tags recognised. No model needed.
 2. The share of unrelated items that automatic mode patches on tag prompts of 10 or more unrelated tags
-   (`flowcore/data/neutral_tag_prompts.txt`), against what the sensitivity promises (it was calibrated on
-   sentences: `flowcore/data/calibration_prompts.txt`), on MiniLM-L6 and SmolLM2-135M. Counted over items that
-   another item could have pulled (scored), quality/style tags left out (never patched).
+   (`flowcore/data/neutral_tag_prompts.txt`), against what the sensitivity promises (calibrated on sentences
+   and tag lists of its own, `flowcore/data/calibration_prompts.txt`; tags are judged against the tags' null),
+   on MiniLM-L6 and SmolLM2-135M. Counted over items that another item could have pulled (scored),
+   quality/style tags left out (never patched).
 
     python benchmarks/tag_prompts.py [--no-models]
 """
@@ -86,12 +87,16 @@ def patched_share_table() -> dict[str, dict[float, float]]:
             print(f"{name:<27} not available: {error}")
             continue
         patcher = FlowPatcher(encoder)
-        scores, threshold = [], {s: patcher.calibration.threshold(s) for s in SENSITIVITIES}
+        scored = []  # (leak score, whether the item is a tag of the list: judged against the tags' null)
         for prompt in prompts:
             report = patcher.run(prompt, FlowOptions(sensitivity=0.5)).report
-            scores += [e.leak_score for e in report.items if not e.item.style and e.leak_score is not None]
-        shares[name] = {s: sum(score >= threshold[s] for score in scores) / len(scores) for s in SENSITIVITIES}
-        print(f"{name:<27} {len(scores):>6} " + " ".join(f"{shares[name][s]:>9.1%}" for s in SENSITIVITIES))
+            items = [e for e in report.items if not e.item.style and e.leak_score is not None]
+            scored += [(e.leak_score, e.item.tag) for e in items]
+        shares[name] = {
+            s: sum(score >= patcher.calibration.threshold(s, tag) for score, tag in scored) / len(scored)
+            for s in SENSITIVITIES
+        }
+        print(f"{name:<27} {len(scored):>6} " + " ".join(f"{shares[name][s]:>9.1%}" for s in SENSITIVITIES))
     return shares
 
 

@@ -44,7 +44,8 @@ def _font(size: int):
 
 def image(outcome: Outcome, heading: str, width: int = 768) -> torch.Tensor:
     """The report as an IMAGE `(1, height, width, 3)` in 0..1: per item of the first part that scored it, a
-    bar of its leak score (orange: patched, grey: kept) against the threshold (red line), and the reason."""
+    bar of its leak score (orange: patched, grey: kept) against its threshold (red tick; tags of a tag list have
+    their own), and the reason."""
     from PIL import Image, ImageDraw
 
     font, small = _font(16), _font(13)
@@ -62,13 +63,13 @@ def image(outcome: Outcome, heading: str, width: int = 768) -> torch.Tensor:
     if not items:
         draw.text((12, y), "; ".join(outcome.notes)[:110] or "no items found", fill=INK, font=small)
     scores = [entry.leak_score for entry in items if entry.leak_score is not None]
-    finite = math.isfinite(report.threshold) if report is not None else False
-    low = min([0.0, *scores, *([report.threshold] if finite else [])])
-    high = max([0.0, *scores, *([report.threshold] if finite else [])])
+    thresholds = [report.threshold_for(entry.item) for entry in items]
+    low = min([0.0, *scores, *(value for value in thresholds if math.isfinite(value))])
+    high = max([0.0, *scores, *(value for value in thresholds if math.isfinite(value))])
     span = (high - low) or 1.0
     left, right = 250, width - 260  # bar area
     scale = lambda value: left + (value - low) / span * (right - left)  # noqa: E731
-    for entry in items:
+    for entry, threshold in zip(items, thresholds):
         colour = PATCHED if entry.patched else KEPT
         draw.text((12, y + 4), entry.item.text[:30], fill=INK, font=font)
         if entry.leak_score is not None:
@@ -76,13 +77,13 @@ def image(outcome: Outcome, heading: str, width: int = 768) -> torch.Tensor:
             draw.rectangle([min(zero, end), y + 6, max(zero, end) + 1, y + line - 6], fill=colour)
         else:
             draw.rectangle([left, y + line // 2 - 1, left + 12, y + line // 2 + 1], fill=colour)
+        if math.isfinite(threshold):
+            draw.line([scale(threshold), y + 2, scale(threshold), y + line - 2], fill=THRESHOLD, width=2)
         action = "patched" if entry.patched else "kept"
         draw.text((right + 14, y + 6), f"{action}: {entry.reason}"[:40], fill=colour, font=small)
         y += line
-    if finite and items:
-        x = scale(report.threshold)
-        draw.line([x, 10 + line, x, y], fill=THRESHOLD, width=2)
-        draw.text((x + 4, y + 2), "threshold", fill=THRESHOLD, font=small)
+    if any(math.isfinite(value) for value in thresholds):
+        draw.text((left, y + 2), "red tick: threshold", fill=THRESHOLD, font=small)
     pixels = torch.tensor(list(picture.getdata()), dtype=torch.float32).reshape(height, width, 3) / 255.0
     return pixels[None]
 

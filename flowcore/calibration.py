@@ -9,7 +9,10 @@ each other, written apart from the minimal pairs used to evaluate detection) thr
   (`DOMINANT_DIRECTIONS`), which `transform` takes out before any cosine (anisotropy correction);
 - the transformed contextual and isolated vectors of their items, against which the hubness terms of a pull
   are measured (`flowcore.analysis`);
-- the null distribution: the leak score of every one of their items that another item could have pulled.
+- the null distribution: the leak score of every one of their items that another item could have pulled;
+  kept apart for items that are tags of a tag list (`tag_null`), since a list of unrelated tags pulls its
+  items differently from a sentence (a causal encoder's more). The statistics and the hubness banks come
+  from the sentences' items only, so that tag lists change nothing in how sentences are scored.
 
 A sensitivity then means "patch the items whose score is higher than this share of unrelated items'
 scores" (`flowcore.analysis.patch_share`), on every encoder. Calibrations are plain tensors saved with
@@ -25,7 +28,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +38,7 @@ from flowcore.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # bump when the score or the statistics change: old cache files are then ignored
+CALIBRATION_VERSION = 4  # bump when the score or the statistics change: old cache files are then ignored
 DOMINANT_DIRECTIONS = 3  # removed after standardising; the first few carry "a token of this model", not meaning
 NEIGHBOURS = 10  # k of the hubness terms
 PROMPTS_PATH = Path(__file__).parent / "data" / "calibration_prompts.txt"
@@ -61,18 +64,21 @@ def _with_suffix(path: Path, suffix: str) -> Path:
 @dataclass(frozen=True)
 class ItemSample:
     """One calibration item: its contextual and position-matched isolated vectors `(dim,)` (raw), the prompt
-    it came from, and the indices (into the same list) of the items that could have pulled it."""
+    it came from, the indices (into the same list) of the items that could have pulled it, and whether it is
+    a tag of a tag list (`LexicalItem.tag`)."""
 
     contextual: torch.Tensor
     isolated: torch.Tensor
     prompt: int
     candidates: tuple[int, ...]
+    tag: bool = False
 
 
 @dataclass
 class Calibration:
     """One encoder's statistics (see the module docstring). Shapes: `mean`, `scale` `(dim,)`; `directions`
-    `(k, dim)`; `contextual`, `isolated` `(items, dim)`, transformed; `null` `(scores,)`, sorted ascending."""
+    `(k, dim)`; `contextual`, `isolated` `(items, dim)`, transformed; `null` and `tag_null` `(scores,)`, sorted
+    ascending (`tag_null`: the scores of tags of tag lists; empty: tags are judged against `null`)."""
 
     mean: torch.Tensor
     scale: torch.Tensor
@@ -81,6 +87,7 @@ class Calibration:
     isolated: torch.Tensor
     null: torch.Tensor
     key: str = ""
+    tag_null: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     @classmethod
     def identity(cls, dim: int) -> Calibration:
@@ -110,24 +117,31 @@ class Calibration:
         """How close transformed isolated vectors `(n, dim)` are to contextual items in general: `(n,)`."""
         return self._hubness(vectors, self.contextual)
 
-    def threshold(self, sensitivity: float) -> float:
+    def _null(self, tag: bool) -> torch.Tensor:
+        return self.tag_null if tag and len(self.tag_null) else self.null
+
+    def threshold(self, sensitivity: float, tag: bool = False) -> float:
         """The leak score above which an item is patched at `sensitivity` (`flowcore.analysis.patch_share` of
-        the null scores reach it). Shares below one null score mean "above every one of them"."""
+        the null scores reach it; `tag`: of an item that is a tag of a tag list). Shares below one null score
+        mean "above every one of them"."""
         from flowcore.analysis import patch_share
 
+        null = self._null(tag)
         share = patch_share(sensitivity)
         if share <= 0.0:
             return float("inf")
-        if share >= 1.0 or not len(self.null):
+        if share >= 1.0 or not len(null):
             return float("-inf")
-        quantile = torch.quantile(self.null, 1.0 - share).item()
-        return max(quantile, self.null[-1].item()) if share * len(self.null) < 1 else quantile
+        quantile = torch.quantile(null, 1.0 - share).item()
+        return max(quantile, null[-1].item()) if share * len(null) < 1 else quantile
 
-    def share_at_least(self, score: float) -> float | None:
-        """The share of the null (unrelated items' scores) at or above `score`; None without a null."""
-        if not len(self.null):
+    def share_at_least(self, score: float, tag: bool = False) -> float | None:
+        """The share of the null (unrelated items' scores; `tag`: unrelated tags') at or above `score`; None
+        without a null."""
+        null = self._null(tag)
+        if not len(null):
             return None
-        return (self.null >= score).float().mean().item()
+        return (null >= score).float().mean().item()
 
     # --- persistence ---
 
@@ -143,6 +157,7 @@ class Calibration:
             "contextual": self.contextual,
             "isolated": self.isolated,
             "null": self.null,
+            "tag_null": self.tag_null,
         }
         # Written under temporary names and renamed, so that a process reading the cache never sees half a file.
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
@@ -167,7 +182,8 @@ class Calibration:
 def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") -> Calibration:
     """Fit a calibration from the calibration prompts' token rows `(tokens, dim)` and item samples.
 
-    The null is computed leaving each prompt out of the hubness banks, as a user's prompt is not in them."""
+    The hubness banks are the items that are not tags; each item's null score is computed leaving its own
+    prompt out of them, as a user's prompt is not in them."""
     from flowcore.analysis import pull_value
 
     if len(samples) < 2 or token_rows.shape[0] < 2:
@@ -182,11 +198,12 @@ def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") 
     contextual = calibration.transform(torch.stack([s.contextual for s in samples]))
     isolated = calibration.transform(torch.stack([s.isolated for s in samples]))
     prompts = torch.tensor([s.prompt for s in samples])
-    null = []
+    in_banks = torch.tensor([not s.tag for s in samples])
+    null, tag_null = [], []
     for index, sample in enumerate(samples):
         if not sample.candidates:
             continue
-        elsewhere = prompts != sample.prompt
+        elsewhere = (prompts != sample.prompt) & in_banks
         r_c = Calibration._hubness(contextual[index : index + 1], isolated[elsewhere]).item()
         pulls = [
             pull_value(
@@ -196,9 +213,9 @@ def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") 
             )
             for j in sample.candidates
         ]
-        null.append(max(pulls))
-    calibration.contextual, calibration.isolated = contextual, isolated
-    calibration.null = torch.tensor(sorted(null))
+        (tag_null if sample.tag else null).append(max(pulls))
+    calibration.contextual, calibration.isolated = contextual[in_banks], isolated[in_banks]
+    calibration.null, calibration.tag_null = torch.tensor(sorted(null)), torch.tensor(sorted(tag_null))
     return calibration
 
 

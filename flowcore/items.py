@@ -16,7 +16,8 @@ class LexicalItem:
     `clean_text[item.start:item.end] == item.text`. `head` is the word that names the concept (the noun
     the modifiers attach to; for a tag, its last word); `marker` is `"isolate"`, `"keep"` or None when the
     item came from the parser; `style` whether it is a quality, style or camera tag (`flowcore.style_tags`),
-    which the patcher does not patch unless asked.
+    which the patcher does not patch unless asked; `tag` whether it is one tag of a tag list (the segmentation's
+    tag rule), not an item of a phrase: its leak score is judged against unrelated tags' scores.
     """
 
     text: str
@@ -25,6 +26,7 @@ class LexicalItem:
     head: str = ""
     marker: str | None = None
     style: bool = False
+    tag: bool = False
 
     def overlaps(self, start: int, end: int) -> bool:
         """Whether the half-open character span [start, end) shares a character with this item."""

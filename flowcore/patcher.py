@@ -228,8 +228,9 @@ class FlowPatcher:
         for number, prompt in enumerate(calibration.calibration_prompts()):
             marked = parse_markers(prompt)
             layout, encoding = scratch._encoded(marked, scoring_only)
-            token_rows.append(encoding.rows[[row for row, _ in layout.token_rows()]].float().cpu())
             placed = scratch._placed(scratch._segment(marked), layout)
+            if not all(entry.item.tag for entry in placed):  # statistics from sentences (see `calibration`)
+                token_rows.append(encoding.rows[[row for row, _ in layout.token_rows()]].float().cpu())
             contextual, matched, candidates = scratch._measure(encoding.rows, layout, placed)
             usable = [index for index, rows in enumerate(matched) if rows is not None]
             first = len(samples)  # items of this prompt are samples first, first + 1, ...
@@ -240,6 +241,7 @@ class FlowPatcher:
                         analysis.item_vector(matched[index], self.encoder.causal).float().cpu(),
                         number,
                         tuple(first + usable.index(j) for j in candidates[index] if j in usable),
+                        placed[index].item.tag,
                     )
                 )
         fitted = calibration.fit(torch.cat(token_rows), samples, key)
@@ -377,6 +379,8 @@ class FlowPatcher:
             sources = [[j for j in candidates[i] if j in usable] for i in usable]
             if any(sources):
                 report.threshold = self.calibration.threshold(options.sensitivity)
+                if any(entry.item.tag for entry in placed):
+                    report.tag_threshold = self.calibration.threshold(options.sensitivity, tag=True)
                 found = analysis.leak_scores(
                     [contextual[i] for i in usable],
                     [matched[i] for i in usable],
@@ -397,12 +401,13 @@ class FlowPatcher:
             if score is not None:
                 item_report.leak_score = score.score
                 item_report.source = placed[score.source].item
-                item_report.share_of_unrelated = self.calibration.share_at_least(score.score)
+                item_report.share_of_unrelated = self.calibration.share_at_least(score.score, tag=entry.item.tag)
                 pulls = [Pull(placed[j].item, p.value, p.similarity, p.relatedness) for j, p in score.pulls.items()]
                 item_report.pulls = sorted(pulls, key=lambda pull: -pull.value)
             if options.detect and matched[index] is not None:
                 item_report.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
-            item_report.patched, item_report.reason = self._decide(entry, score, report.threshold, options)
+            threshold = report.threshold_for(entry.item)
+            item_report.patched, item_report.reason = self._decide(entry, score, threshold, options)
             span = (entry.item.start, entry.item.end)
             if span in force and not item_report.patched and entry.item.marker != KEEP:
                 item_report.patched, item_report.reason = True, force[span]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -54,7 +55,8 @@ class ItemReport:
 @dataclass
 class FlowReport:
     """The whole prompt: the marker-free text, the threshold used (and the share of unrelated items that
-    reach it, `patch_share`), every item, and any warnings."""
+    reach it, `patch_share`), the threshold of items that are tags of a tag list (`tag_threshold`, measured on
+    unrelated tags; None where the prompt has none), every item, and any warnings."""
 
     prompt: str
     text: str
@@ -63,6 +65,11 @@ class FlowReport:
     items: list[ItemReport] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    tag_threshold: float | None = None
+
+    def threshold_for(self, item: LexicalItem) -> float:
+        """The threshold `item`'s leak score is compared with: `tag_threshold` for a tag of a tag list."""
+        return self.tag_threshold if item.tag and self.tag_threshold is not None else self.threshold
 
     @property
     def patched_items(self) -> list[LexicalItem]:
@@ -70,8 +77,9 @@ class FlowReport:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if abs(data["threshold"]) == float("inf"):
-            data["threshold"] = None  # JSON has no infinity: sensitivity 0 patches nothing, 1 everything
+        for name in ("threshold", "tag_threshold"):
+            if data[name] is not None and abs(data[name]) == float("inf"):
+                data[name] = None  # JSON has no infinity: sensitivity 0 patches nothing, 1 everything
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -86,7 +94,10 @@ class FlowReport:
             return "none (automatic detection off)" if self.patch_share == 0 else "none needed (no item was scored)"
         if self.threshold == float("-inf"):
             return "none: every item another item could have pulled is patched (sensitivity 1)"
-        return f"{self.threshold:.4f} (the top {self.patch_share:.1%} of unrelated items' scores reach it)"
+        described = f"{self.threshold:.4f} (the top {self.patch_share:.1%} of unrelated items' scores reach it)"
+        if self.tag_threshold is not None and math.isfinite(self.tag_threshold):
+            described += f"; {self.tag_threshold:.4f} for tags of a tag list (measured on unrelated tags)"
+        return described
 
     def summary(self) -> str:
         """One line per item, for logs and the WebUI's note under the image."""

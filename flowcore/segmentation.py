@@ -213,13 +213,13 @@ def is_tag(words: list[str], first_is_verb: bool, tags: StyleTags | None = None)
     return first_is_verb or not any(word in PREPOSITIONS for word in plain)
 
 
-def _item(text: str, start: int, end: int, head: str, tags: StyleTags) -> LexicalItem | None:
+def _item(text: str, start: int, end: int, head: str, tags: StyleTags, tag: bool = False) -> LexicalItem | None:
     """An item over `text[start:end]`, marked `style` where it is a style tag; None where it is junk."""
     span = text[start:end]
     style = tags.matches(span)
     if not style and not has_content(span):
         return None
-    return LexicalItem(text=span, start=start, end=end, head=head, style=style)
+    return LexicalItem(text=span, start=start, end=end, head=head, style=style, tag=tag)
 
 
 def _phrase_items(doc, offset: int, start: int, end: int, text: str, tags: StyleTags) -> list[LexicalItem]:
@@ -260,7 +260,8 @@ def _parser_items(text: str, nlp: Language, tags: StyleTags) -> list[LexicalItem
             words = text[start:end].split()
             adverbs = len(words) > 1 and bool(first) and all(token.pos_ == "ADV" for token in first)
             if not adverbs and is_tag(words, first_is_verb, tags):
-                if item := _item(text, start, end, words[-1].strip(".,:;!?\"'()[]{}") or words[-1], tags):
+                head = words[-1].strip(".,:;!?\"'()[]{}") or words[-1]
+                if item := _item(text, start, end, head, tags, tag=True):
                     items.append(item)
             else:
                 items += _phrase_items(doc, offset, start, end, text, tags)

@@ -117,11 +117,42 @@ def test_the_threshold_is_reached_by_the_chosen_share_of_null_scores():
     assert calibration.threshold(0.02) >= calibration.null[-1].item()  # below one score: above all of them
 
 
+def test_tags_of_tag_lists_get_a_null_of_their_own_and_stay_out_of_the_banks():
+    """Tag samples (pulled harder here: their contextual vector sits near the other tags') make `tag_null`;
+    the sentences' null, banks and thresholds are what they would be without them."""
+    torch.manual_seed(0)
+    dim, samples = 8, []
+    token_rows = torch.randn(200, dim)
+    for prompt in range(40):
+        first = len(samples)
+        for index in range(3):
+            vector = torch.randn(dim)
+            samples.append(
+                ItemSample(vector + 0.1 * torch.randn(dim), vector, prompt, tuple(range(first, first + index)))
+            )
+    sentences_only = fit(token_rows, samples)
+    for prompt in range(40, 60):
+        first, shared = len(samples), torch.randn(dim)
+        for index in range(4):
+            vector = torch.randn(dim)
+            contextual = 0.5 * vector + shared
+            samples.append(ItemSample(contextual, vector + shared, prompt, tuple(range(first, first + index)), True))
+    both = fit(token_rows, samples)
+    assert len(both.null) == 80 and len(both.tag_null) == 60 and len(both.contextual) == 120
+    assert torch.equal(both.null, sentences_only.null) and torch.equal(both.isolated, sentences_only.isolated)
+    assert both.threshold(0.5, tag=True) > both.threshold(0.5)
+    share = both.share_at_least(both.threshold(0.5, tag=True), tag=True)
+    assert share == pytest.approx(patch_share(0.5), abs=1.5 / 60)
+    assert sentences_only.threshold(0.5, tag=True) == sentences_only.threshold(0.5)  # no tag null: the null
+
+
 def test_a_calibration_round_trips_through_safetensors_and_json(tmp_path):
     calibration = _synthetic_calibration()
+    calibration.tag_null = torch.tensor([0.1, 0.2, 0.3])
     calibration.save(tmp_path / "c")
     loaded = Calibration.load(tmp_path / "c")
     assert loaded.key == "synthetic" and torch.equal(loaded.null, calibration.null)
+    assert torch.equal(loaded.tag_null, calibration.tag_null)
     torch.testing.assert_close(loaded.transform(torch.ones(2, 8)), calibration.transform(torch.ones(2, 8)))
 
 

@@ -108,3 +108,24 @@ def test_extra_style_tags_from_the_options(clip_encoder, nlp):
 def test_markers_override_style_tags(clip_encoder, nlp):
     report = FlowPatcher(clip_encoder, FlowOptions(mode="markers"), nlp=nlp).run("~masterpiece~, red car").report
     assert [(e.item.text, e.patched, e.reason) for e in report.items] == [("masterpiece", True, "marked ~isolate~")]
+
+
+def test_tags_of_a_tag_list_are_judged_against_the_tags_null(clip_encoder, nlp):
+    """A calibration whose sentence null is out of reach and whose tag null is below every score: the tags of
+    the list are patched, the items of the phrase are not, and the report gives both thresholds."""
+    from flowcore.calibration import Calibration
+
+    dim = clip_encoder.encode(clip_encoder.layout("x")).rows.shape[-1]
+    calibration = Calibration.identity(dim)
+    calibration.null, calibration.tag_null = torch.full((100,), 10.0), torch.full((100,), -10.0)
+    patcher = FlowPatcher(clip_encoder, nlp=nlp, calibration=calibration)
+    report = patcher.run("a cat sleeping on a sofa, red car, blue hat, green lamp").report
+    by_text = {entry.item.text: entry for entry in report.items}
+    assert [text for text, entry in by_text.items() if entry.item.tag] == ["red car", "blue hat", "green lamp"]
+    assert report.threshold == 10.0 and report.tag_threshold == -10.0
+    for entry in report.items:
+        if entry.leak_score is not None:
+            assert entry.patched == entry.item.tag, entry.item.text
+            assert entry.share_of_unrelated == (0.0 if entry.item.tag else 1.0)  # of the null it is judged by
+    assert by_text["blue hat"].patched and by_text["green lamp"].patched
+    assert "for tags of a tag list" in report.describe_threshold()
