@@ -196,40 +196,34 @@ def parse_attention(line: str) -> list[tuple[str, float]]:
 # --- 2. What standalone use cannot honour: AND, prompt editing, alternation, extra networks ---
 
 
-def _closing_bracket(text: str, start: int) -> int | None:
-    """The index of the `]` closing the `[` at `start` (escapes and nesting honoured), or None."""
+def _scan(text: str, start: int, end: int):
+    """`(position, char, depth)` for each unescaped character of text[start:end], `depth` being the number of
+    brackets open before it."""
     depth, position = 0, start
-    while position < len(text):
-        char = text[position]
-        if char == "\\":
-            position += 2
-            continue
-        if char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-            if depth == 0:
-                return position if char == "]" else None
-        position += 1
-    return None
-
-
-def _top_level(text: str, start: int, end: int, separators: str) -> list[int]:
-    """Positions of `separators` in text[start:end] outside nested brackets (escapes skipped)."""
-    found, depth, position = [], 0, start
     while position < end:
         char = text[position]
         if char == "\\":
             position += 2
             continue
+        yield position, char, depth
         if char in "([":
             depth += 1
         elif char in ")]":
             depth -= 1
-        elif depth == 0 and char in separators:
-            found.append(position)
         position += 1
-    return found
+
+
+def _closing_bracket(text: str, start: int) -> int | None:
+    """The index of the `]` closing the `[` at `start` (escapes and nesting honoured), or None."""
+    for position, char, depth in _scan(text, start, len(text)):
+        if char in ")]" and depth == 1:
+            return position if char == "]" else None
+    return None
+
+
+def _top_level(text: str, start: int, end: int, separators: str) -> list[int]:
+    """Positions of `separators` in text[start:end] outside nested brackets (escapes skipped)."""
+    return [position for position, char, depth in _scan(text, start, end) if depth == 0 and char in separators]
 
 
 def _first_step(text: str, start: int, close: int) -> tuple[int, int, str] | None:

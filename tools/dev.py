@@ -135,15 +135,17 @@ def test(args: list[str]) -> None:
     missing = ensure_browser()
     skip_browser = ["--deselect", BROWSER_TEST, "--ignore", BROWSER_TEST] if missing else []
     failures = []
-    suites = [(PYTHON, ["-q", *skip_browser, *args])]
-    if not args:  # the whole suite was asked for: the core and glue tests again in each host's environment
-        suites += [(venv_dir, ["-q", "-p", "no:cacheprovider", *WEBUI_TESTS]) for venv_dir in HOST_PINS]
-    for where, pytest_args in suites:
-        python = PYTHON if where == PYTHON else ensure_host_environment(where)
+
+    def pytest(python: Path, *pytest_args: str) -> None:
         try:
             sh(python, "-m", "pytest", *pytest_args, env=offline_env())
         except subprocess.CalledProcessError as error:
             failures.append(error.returncode)
+
+    pytest(PYTHON, "-q", *skip_browser, *args)
+    if not args:  # the whole suite was asked for: the core and glue tests again in each host's environment
+        for venv_dir in HOST_PINS:
+            pytest(ensure_host_environment(venv_dir), "-q", "-p", "no:cacheprovider", *WEBUI_TESTS)
     if failures:
         sys.exit(failures[0])
     if missing:
