@@ -152,13 +152,10 @@ class ClipPart(TowerEncoder):
         The rescale ("Original" mode) is one number per chunk and encoder, over the whole batch the host
         encoded at once (other prompts included); the BOS row depends on nothing but the model in a causal
         encoder, so comparing it with the empty prompt's BOS row recovers it."""
-        rows, width = encoding.shape
-        multipliers = line.multipliers.to(encoding.device)
-        if self.emphasis in ("Ignore", "None"):
-            multipliers = torch.ones_like(multipliers)
-        scale = multipliers[:, None].expand(rows, width).clone()
+        scale = line.token_scale(self.emphasis, encoding)
         if self.emphasis != "Original":
             return scale
+        rows = encoding.shape[0]
         bos_empty = self.empty().rows[0].to(encoding.device)
         chunk_rows = line.layout.format.rows
         for chunk in range(rows // chunk_rows):

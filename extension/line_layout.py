@@ -35,6 +35,15 @@ class LineLayout:
     layout: PromptLayout
     multipliers: torch.Tensor
 
+    def token_scale(self, emphasis: str, encoding: torch.Tensor) -> torch.Tensor:
+        """Each row's emphasis multiplier spread over `encoding`'s width `(rows, width)`, all ones where the
+        emphasis mode ("Ignore", "None") applies no weights: the factor before any chunk rescale."""
+        rows, width = encoding.shape
+        multipliers = self.multipliers.to(encoding.device)
+        if emphasis in ("Ignore", "None"):
+            multipliers = torch.ones_like(multipliers)
+        return multipliers[:, None].expand(rows, width).clone()
+
 
 def escape(text: str) -> str:
     """Plain text as a WebUI prompt line that parses back to itself (no emphasis)."""

@@ -116,13 +116,10 @@ class T5Part:
         """Each row's emphasis factor `(rows, width)`. In "Original" mode Forge multiplies a chunk's rows by
         their weights and rescales the chunk to keep its mean: the rescale keeps the mean, so it is the mean of
         the rows divided by their weights over the mean of the rows."""
-        rows, width = encoding.shape
-        multipliers = line.multipliers.to(encoding.device)
-        if self.emphasis in ("Ignore", "None"):
-            multipliers = torch.ones_like(multipliers)
-        scale = multipliers[:, None].expand(rows, width).clone()
+        scale = line.token_scale(self.emphasis, encoding)
         if self.emphasis != "Original":
             return scale
+        rows = encoding.shape[0]
         chunk_rows = line.layout.format.rows
         for first in range(0, rows, chunk_rows):
             chunk = slice(first, first + chunk_rows)

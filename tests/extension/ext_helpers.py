@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from modules import shared
 
+from flowcore.patcher import FlowPatcher
+
 TITLE = "Follow the Flow"
 
 
@@ -50,3 +52,17 @@ def changed_rows(patched, original):
 
 def conds(record, image=0, part=0, entry=0):
     return record.c.batch[image][part].schedules[entry].cond
+
+
+def captured_reports(monkeypatch) -> list:
+    """Every report the extension's patcher produces from now on."""
+    reports = []
+    original = FlowPatcher.patch
+
+    def patch(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        reports.append(result.report)
+        return result
+
+    monkeypatch.setattr(FlowPatcher, "patch", patch)
+    return reports

@@ -11,7 +11,7 @@ import pytest
 import standin
 import torch
 from conftest import make_webui
-from ext_helpers import changed_rows, conds, crossattn, on
+from ext_helpers import captured_reports, changed_rows, conds, crossattn, on
 from modules import errors, shared
 
 PLAIN = "a crosswalk next to a standing zebra"
@@ -154,17 +154,8 @@ def test_textual_inversion_and_lora_are_forges(caplog):
 
 def test_automatic_mode_scores_in_forge_as_the_core_does(monkeypatch, nlp):
     from flowcore import ClipEncoder, FlowOptions, FlowPatcher
-    from flowcore.patcher import FlowPatcher as Patcher
 
-    reports = []
-    original = Patcher.patch
-
-    def patch(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        reports.append(result.report)
-        return result
-
-    monkeypatch.setattr(Patcher, "patch", patch)
+    reports = captured_reports(monkeypatch)
     prompt = "a crosswalk next to a bus station with a standing zebra, a red car with bats"
     run("forge-sd15", prompt, on("Automatic", sensitivity=0.7))
     engine = shared.sd_model.text_processing_engine

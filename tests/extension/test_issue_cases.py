@@ -7,27 +7,12 @@ import logging
 import pytest
 import torch
 from conftest import make_webui
-from ext_helpers import changed_rows, conds, isolated, on
+from ext_helpers import captured_reports, changed_rows, conds, isolated, on
 from modules import errors, shared
 
 from flowcore import ClipEncoder, FlowOptions, FlowPatcher
-from flowcore.patcher import FlowPatcher as Patcher
 
 ZEBRA = "a crosswalk next to a bus station with a standing zebra, a red car with bats and a baseball game"
-
-
-def captured_reports(monkeypatch) -> list:
-    """Every report the extension's patcher produces from now on."""
-    reports = []
-    original = Patcher.patch
-
-    def patch(self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        reports.append(result.report)
-        return result
-
-    monkeypatch.setattr(Patcher, "patch", patch)
-    return reports
 
 
 def test_the_webui_scores_and_patches_as_the_core_does_on_the_same_weights(webui, monkeypatch, nlp):
