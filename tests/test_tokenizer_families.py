@@ -94,7 +94,10 @@ def reference_rows(encoder: GenericEncoder, ids: list[int], start: int) -> torch
     """The model's own forward pass on `[start token] ids [end token]`, tokens from position `start`."""
     head = [encoder.start_id] if encoder.start_id is not None else []
     tail = [encoder.end_id] if encoder.end_id is not None else []
-    inputs = {"input_ids": torch.tensor([[*head, *ids, *tail]])}
+    sequence = [*head, *ids, *tail]
+    # The mask is always given: without one, transformers >= 5.25 reads position ids that restart mid-sequence as
+    # packed sequences, and the reference would no longer be a plain forward pass.
+    inputs = {"input_ids": torch.tensor([sequence]), "attention_mask": torch.ones(1, len(sequence), dtype=torch.long)}
     if encoder.supports_positions:
         positions = [*range(len(head)), *range(start, start + len(ids) + len(tail))]
         inputs["position_ids"] = torch.tensor([positions])
