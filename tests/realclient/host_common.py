@@ -1,0 +1,236 @@
+"""What every host's checks share (standard library only): result rows and their table, a server started and
+stopped by its PID, HTTP, `pip freeze`, random checkpoints and `flowcore analyze`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+NOT_IMPLEMENTED = None  # a row's `ok` for a family or host the suite cannot check yet
+
+
+@dataclass
+class Row:
+    """One check of one host and family; `ok` is True, False or `NOT_IMPLEMENTED`."""
+
+    host: str
+    family: str
+    model_type: str
+    check: str
+    ok: bool | None
+    max_diff: float | None = None
+    peak_mb: float | None = None
+    seconds: float | None = None
+    detail: str = ""
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "0" if value == 0 else f"{value:.2g}" if abs(value) < 0.01 else f"{value:.3g}"
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as one text table, then each row's detail."""
+    header = ("host", "family", "detected", "check", "result", "max diff", "peak MB", "s")
+    cells = [
+        (
+            row.host,
+            row.family,
+            row.model_type,
+            row.check,
+            "PASS" if row.ok else "not implemented" if row.ok is NOT_IMPLEMENTED else "FAIL",
+            _number(row.max_diff),
+            "-" if row.peak_mb is None else f"{row.peak_mb:.0f}",
+            "-" if row.seconds is None else f"{row.seconds:.1f}",
+        )
+        for row in rows
+    ]
+    widths = [max(len(str(line[n])) for line in [header, *cells]) for n in range(len(header))]
+    lines = [" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [header, *cells]]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    details = [f"{n + 1:>3}. {row.check}: {row.detail}" for n, row in enumerate(rows) if row.detail]
+    return "\n".join(lines + ["", "details:", *details])
+
+
+def exit_status(rows: list[Row]) -> int:
+    """0 when every row passed, 1 when one failed, 2 when none failed but some are not implemented yet."""
+    if any(row.ok is False for row in rows) or not rows:
+        return 1
+    return 2 if any(row.ok is NOT_IMPLEMENTED for row in rows) else 0
+
+
+def say(message: str) -> None:
+    print(f"[realclient] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def host_env(**extra: str) -> dict[str, str]:
+    """The environment of every host process: one thread (steady, reproducible images), offline hub."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(extra)
+    return env
+
+
+def _short(part: str) -> str:
+    """A command's part as the progress lines show it (an inline script by its first line)."""
+    return part if len(part) <= 120 and "\n" not in part else part.strip().splitlines()[0][:60] + " ..."
+
+
+def run(command: list[str], log: Path, **kwargs) -> subprocess.CompletedProcess:
+    """Runs `command` to the end with its output appended to `log`; raises on a non-zero exit."""
+    say(" ".join(_short(str(part)) for part in command))
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"\n$ {' '.join(str(part) for part in command)}\n")
+        out.flush()
+        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True, **kwargs)
+
+
+class Server:
+    """A host server started as one process (its PID kept) and stopped by that PID, its output in `log`."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        say(f"starting {' '.join(command)} (log: {log})")
+        with open(log, "w", encoding="utf-8") as out:
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.process.pid
+
+    def wait_ready(self, url: str, timeout: float = 300) -> None:
+        """Polls `url` until it answers; raises if the server exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with status {self.process.returncode}; see {self.log}")
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                return
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {self.log}")
+
+    def peak_mb(self) -> float | None:
+        """The server's peak resident memory so far (VmHWM)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return int(line.split()[1]) / 1024 if line else None
+
+    def stop(self) -> None:
+        """SIGTERM to our PID, SIGKILL after 30 s."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait()
+        say(f"server {self.pid} stopped")
+
+
+def http_json(url: str, data: dict | None = None, timeout: float = 60):
+    """GET (or POST `data` as JSON) and decode the JSON answer (None for an empty body)."""
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+    return json.loads(raw) if raw.strip() else None
+
+
+def pip_freeze(python: str, save: Path) -> dict[str, str]:
+    """`pip freeze` of an environment (also written to `save`) as {normalised name: requirement}."""
+    out = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    save.write_text(out, encoding="utf-8")
+    packages = {}
+    for line in out.splitlines():
+        name = line.split("==")[0].split(" @ ")[0].strip().lower().replace("_", "-")
+        if name and not line.startswith("#"):
+            packages[name] = line.strip()
+    return packages
+
+
+def freeze_row(host: str, family: str, before: dict[str, str], after: dict[str, str], seconds: float) -> Row:
+    """Installing changed no package the environment had: every line of `before` is still in `after`."""
+    changed = [f"{before[name]} -> {after.get(name, 'removed')}" for name in before if after.get(name) != before[name]]
+    added = sorted(set(after) - set(before))
+    detail = f"{len(before)} packages before, {len(added)} added ({', '.join(added[:6])}{', ...' if added else ''})"
+    detail += f"; changed: {changed}" if changed else "; none changed or removed"
+    return Row(
+        host,
+        family,
+        "-",
+        "install changed no host package (pip freeze)",
+        not changed,
+        len(changed),
+        None,
+        seconds,
+        detail,
+    )
+
+
+def random_checkpoint(python: str, family: str, folder: Path, log: Path) -> tuple[Path, Path]:
+    """The family's random checkpoint and LoRA from `tools/random_checkpoint.py` (made once, then reused)."""
+    checkpoint, lora = folder / f"{family}-random.safetensors", folder / f"{family}-random-lora.safetensors"
+    if not (checkpoint.exists() and lora.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        tool = REPO / "tools" / "random_checkpoint.py"
+        run([python, str(tool), "--family", family, "--out", str(folder), "--lora"], log, env=host_env())
+    return checkpoint, lora
+
+
+def link(source: Path, folder: Path) -> Path:
+    """Links `source` into one of the host's model folders (replacing a link of the same name)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    target.symlink_to(source.resolve())
+    return target
+
+
+def flowcore_python() -> str:
+    """The Python that runs `flowcore analyze`: this checkout's `.venv` (made by `tools/dev.py`), else this one."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def analyze(checkpoint: Path, prompt: str, sensitivity: float, cache: Path, log: Path) -> dict:
+    """`flowcore analyze --json` on the checkpoint's text encoder, with its own calibration cache."""
+    command = [flowcore_python(), "-m", "flowcore", "analyze", "--json", "--model", str(checkpoint)]
+    command += ["--sensitivity", str(sensitivity), prompt]
+    say(" ".join(command))
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=host_env(FLOWCORE_CACHE=str(cache)), check=False
+    )
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"\n$ {' '.join(command)}\n{done.stderr}")
+    if done.returncode != 0:
+        raise RuntimeError(f"flowcore analyze exited with {done.returncode}: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout)
+
+
+def checkout_files() -> list[str]:
+    """The files a clone of this checkout has (tracked and not ignored, uncommitted ones included)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
