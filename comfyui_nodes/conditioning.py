@@ -26,6 +26,7 @@ from flowcore.joint import Part, patch_jointly
 from flowcore.markers import parse_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
+from flowcore.progress import CalibrationLog
 from flowcore.report import FlowReport
 
 from .layout import KeyLayout, MappingError, plain_text
@@ -33,6 +34,7 @@ from .parts import comfy_fragments, parts_for
 
 logger = logging.getLogger("follow_the_flow")
 
+PREFIX = "[Follow the Flow]"  # starts every line this node pack logs
 PATCHER_CACHE_SIZE = 8  # text encoders whose patchers (items encoded alone, calibration) are kept
 
 
@@ -57,7 +59,7 @@ def patcher_for(part, clip) -> FlowPatcher:
     key = (part.identity(), str(getattr(getattr(clip, "patcher", None), "patches_uuid", "")))
     patcher = _PATCHERS.get(key)
     if patcher is None:
-        patcher = FlowPatcher(part)
+        patcher = FlowPatcher(part, calibration_progress=CalibrationLog(logger, PREFIX, f"the {part.name} encoder"))
         _PATCHERS[key] = patcher
         while len(_PATCHERS) > PATCHER_CACHE_SIZE:
             _PATCHERS.popitem(last=False)
@@ -91,7 +93,7 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
     for _, report in outcome.reports:
         outcome.patched += [item.text for item in report.patched_items if item.text not in outcome.patched]
     for problem in outcome.problems:
-        logger.warning("[Follow the Flow] %s", problem)
+        logger.warning("%s %s", PREFIX, problem)
     return outcome
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from flowcore.markers import parse_markers, strip_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
+from flowcore.progress import CalibrationLog
 
 from . import a1111, forge, settings
 from .args import ARG_TABLE, PREFIX, SPECS, TITLE, FlowArgs, paste_getter
@@ -99,8 +100,16 @@ class GenerationState:
         patched in that image's prompt, or None (no entry) where none was."""
         if not all_prompts or not 0 <= index < len(all_prompts):
             return None
-        items = self.patched.get(strip_markers(all_prompts[index]))
+        items = self.patched.get(image_key(all_prompts[index]))
         return "; ".join(items) if items else None
+
+
+def image_key(prompt: str) -> str:
+    """An image's prompt as the WebUI encodes it: no markers, and no extra-network tags (`<lora:name:1>`),
+    which the WebUI strips from `p.prompts` before `process_batch` but not from the prompts the infotext reads."""
+    from modules import extra_networks
+
+    return extra_networks.parse_prompt(strip_markers(prompt))[0]
 
 
 def _steps_candidates(p, hires: bool) -> list[tuple[int, int | None]]:
@@ -123,7 +132,10 @@ def parts_for(sd_model, opts) -> list[tuple[object, FlowPatcher]]:
     parts = (forge if is_forge(sd_model) else a1111).parts_for(sd_model, opts)
     key = (id(sd_model), tuple(part.identity() for part in parts))
     if key not in _ENCODERS:
-        _ENCODERS[key] = [(part, FlowPatcher(part)) for part in parts]
+        _ENCODERS[key] = [
+            (part, FlowPatcher(part, calibration_progress=CalibrationLog(logger, PREFIX, f"the {part.name} encoder")))
+            for part in parts
+        ]
         while len(_ENCODERS) > MAX_ENCODERS:
             _ENCODERS.popitem(last=False)
     _ENCODERS.move_to_end(key)
@@ -248,7 +260,7 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
     def _record(self, p, state: GenerationState, result: PassResult, name: str) -> None:
         """Remember what each image got (the infotext reads it per image) and log each problem once."""
         for image, items in result.patched_items.items():
-            patched = state.patched.setdefault(p.prompts[image], [])
+            patched = state.patched.setdefault(image_key(p.prompts[image]), [])
             patched += [item for item in items if item not in patched]
         if any(state.patched.values()):
             p.extra_generation_params[PATCHED_LABEL] = state.patched_infotext

@@ -18,7 +18,10 @@ A sensitivity then means "patch the items whose score is higher than this share 
 scores" (`flowcore.analysis.patch_share`), on every encoder. Calibrations are plain tensors saved with
 safetensors and a JSON sidecar under `$FLOWCORE_CACHE` (default `~/.cache/flowcore/calibration`), keyed by the
 encoder's `identity()` (a sampled fingerprint of its weights and settings), the spaCy pipeline, and this
-module's version and prompts. A calibration of an SD 1.5-size encoder takes a few seconds once.
+module's version and prompts. The prompts are encoded `PROMPTS_PER_BATCH` at a time, a causal encoder's in
+shared forward calls and without their end tokens and padding (`FlowPatcher._calibration_encodings`): an SD
+1.5-size encoder's calibration takes 5 s once on an idle 2-core CPU (`benchmarks/first_run.py`), and front
+ends show its progress (`flowcore.progress`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ CALIBRATION_VERSION = 4  # bump when the score or the statistics change: old cac
 DOMINANT_DIRECTIONS = 3  # removed after standardising; the first few carry "a token of this model", not meaning
 NEIGHBOURS = 10  # k of the hubness terms
 PROMPTS_PATH = Path(__file__).parent / "data" / "calibration_prompts.txt"
+PROMPTS_PER_BATCH = 28  # calibration prompts per progress step; a causal encoder's share forward calls
 
 
 def calibration_prompts() -> list[str]:
@@ -183,7 +187,8 @@ def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") 
     """Fit a calibration from the calibration prompts' token rows `(tokens, dim)` and item samples.
 
     The hubness banks are the items that are not tags; each item's null score is computed leaving its own
-    prompt out of them, as a user's prompt is not in them."""
+    prompt out of them, as a user's prompt is not in them. An item's candidates are items of its own prompt,
+    so they leave the same prompt out."""
     from flowcore.analysis import pull_value
 
     if len(samples) < 2 or token_rows.shape[0] < 2:
@@ -193,30 +198,40 @@ def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") 
     scale = rows.std(dim=0).clamp_min(1e-6)
     standardised = (rows - mean) / scale
     k = min(DOMINANT_DIRECTIONS, standardised.shape[0] - 1, standardised.shape[1] - 1)
-    directions = torch.linalg.svd(standardised, full_matrices=False).Vh[:k]
+    # Contiguous, as it is read back from the cache: a first run then computes exactly what a cached run does.
+    directions = torch.linalg.svd(standardised, full_matrices=False).Vh[:k].contiguous()
     calibration = Calibration(mean, scale, directions, torch.zeros(0), torch.zeros(0), torch.zeros(0), key)
-    contextual = calibration.transform(torch.stack([s.contextual for s in samples]))
-    isolated = calibration.transform(torch.stack([s.isolated for s in samples]))
+    contextual = calibration.transform(torch.stack([s.contextual for s in samples]))  # (items, dim)
+    isolated = calibration.transform(torch.stack([s.isolated for s in samples]))  # (items, dim)
     prompts = torch.tensor([s.prompt for s in samples])
     in_banks = torch.tensor([not s.tag for s in samples])
+    similarity = contextual @ isolated.T  # (items, items): item i in context vs item j alone
+    elsewhere = (prompts[:, None] != prompts[None, :]) & in_banks[None, :]  # (items, items): j in i's banks
+    hubness_contextual = _hubness_elsewhere(similarity, elsewhere).tolist()
+    hubness_isolated = _hubness_elsewhere(isolated @ contextual.T, elsewhere).tolist()
+    cosines = similarity.tolist()
     null, tag_null = [], []
     for index, sample in enumerate(samples):
         if not sample.candidates:
             continue
-        elsewhere = (prompts != sample.prompt) & in_banks
-        r_c = Calibration._hubness(contextual[index : index + 1], isolated[elsewhere]).item()
         pulls = [
-            pull_value(
-                (contextual[index] @ isolated[j]).item(),
-                r_c,
-                Calibration._hubness(isolated[j : j + 1], contextual[elsewhere]).item(),
-            )
-            for j in sample.candidates
+            pull_value(cosines[index][j], hubness_contextual[index], hubness_isolated[j]) for j in sample.candidates
         ]
         (tag_null if sample.tag else null).append(max(pulls))
     calibration.contextual, calibration.isolated = contextual[in_banks], isolated[in_banks]
     calibration.null, calibration.tag_null = torch.tensor(sorted(null)), torch.tensor(sorted(tag_null))
     return calibration
+
+
+def _hubness_elsewhere(similarities: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """`Calibration._hubness` of every row of `similarities` `(n, bank)` against only its `allowed` `(n, bank)`
+    bank entries: the mean of its `NEIGHBOURS` largest (of all of them where fewer; 0 where none), `(n,)`."""
+    counts = allowed.sum(dim=1).clamp(max=NEIGHBOURS)  # (n,)
+    if not len(counts) or counts.max() == 0:
+        return torch.zeros(len(counts))
+    top = similarities.masked_fill(~allowed, float("-inf")).topk(int(counts.max()), dim=1).values  # descending
+    taken = torch.arange(top.shape[1])[None, :] < counts[:, None]
+    return top.masked_fill(~taken, 0.0).sum(dim=1) / counts.clamp(min=1)
 
 
 def calibration_key(encoder_identity: str, nlp_name: str) -> str:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import unicodedata
 from pathlib import Path
 
-from flowcore.errors import FlowcoreError, OptionsError
+from flowcore.errors import FlowcoreError, OptionsError, PromptError
 from flowcore.options import MARKERS, MODE_CHOICES, TAIL_CHOICES, FlowOptions
 
 DESCRIPTION = """\
@@ -123,12 +124,26 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, steps: int) -> No
     group.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: flowcore-out/<prompt>)")
 
 
+def version() -> str:
+    """flowcore's version: the installed package's, else (run from a checkout, as the WebUI does) pyproject's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("flowcore")
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'^version = "([^"]+)"', pyproject.read_text(encoding="utf-8"), re.MULTILINE)
+        return found.group(1) if found else "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per job."""
     parser = argparse.ArgumentParser(
         prog="flowcore", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what flowcore does")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     analyze = commands.add_parser(
@@ -148,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(compare)
     _add_patch_arguments(compare)
     _add_generation_arguments(compare, steps=25)
+    compare.add_argument(
+        "--both", action="store_true", help="generate the patched image even when nothing changed (the same image)"
+    )
+    compare.add_argument(
+        "--otherwise-patch",
+        metavar="TEXT",
+        help="where nothing is patched, mark TEXT in the prompt (~TEXT~) and patch it, saying so (the demo's fallback)",
+    )
 
     explore = commands.add_parser(
         "explore",
@@ -200,6 +223,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     options_from(args)  # --sensitivity, --tail, --mode, --style-tags
     if getattr(args, "prompt", None) is not None:
         check_prompt(args.prompt)
+        if not args.prompt.strip():
+            raise PromptError(
+                f"The `prompt` argument is empty ({args.prompt!r}); give the prompt in quotes, e.g. "
+                f'`flowcore {args.command} "a crosswalk next to a bus station with a standing zebra"`.'
+            )
     if args.clip_skip < 1:
         raise OptionsError(f"`clip_skip` must be at least 1 (1 = the last layer) but is {args.clip_skip}.")
     for name, minimum in (("steps", 1), ("columns", 1), ("width", 8), ("height", 8), ("port", 1)):
@@ -210,6 +238,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value % 8:
             raise OptionsError(f"`--{name}` must be a multiple of 8 but is {value}.")
+    if getattr(args, "otherwise_patch", None) is not None:
+        _marked(args.prompt, args.otherwise_patch)
     if args.model is not None:
         resolve_source(args.model)
     if args.config is not None:
@@ -221,8 +251,15 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def _patcher(args: argparse.Namespace, encoder):
     from flowcore.patcher import FlowPatcher
+    from flowcore.progress import CalibrationBar
 
-    return FlowPatcher(encoder, options=options_from(args), syntax=args.syntax, emphasis=EMPHASIS_NAMES[args.emphasis])
+    return FlowPatcher(
+        encoder,
+        options=options_from(args),
+        syntax=args.syntax,
+        emphasis=EMPHASIS_NAMES[args.emphasis],
+        calibration_progress=CalibrationBar(),  # a first run's calibration: one line and a bar on stderr
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -274,7 +311,8 @@ def _rows_text(rows: list[int]) -> str:
 def format_table(result) -> str:
     """The report as a fixed-width table: one line per item (columns aligned for wide characters too). An item
     whose text occurs more than once is named with its rows ("bats @ 9-10") where it is a source."""
-    from flowcore.explore import token_text
+    from flowcore.explore import token_in_word
+    from flowcore.report import fixed
 
     report = result.report
     texts = [entry.item.text for entry in report.items]
@@ -291,10 +329,10 @@ def format_table(result) -> str:
             (
                 entry.item.text,
                 _rows_text(entry.rows) or "-",
-                f"{entry.leak_score:+.3f}" if entry.leak_score is not None else "-",
+                fixed(entry.leak_score, signed=True) if entry.leak_score is not None else "-",
                 source,
                 f"{entry.presence:.3f}" if entry.presence is not None else "-",
-                ", ".join(token_text(result, r) for r in entry.representative_rows) or "-",
+                ", ".join(token_in_word(result, r) for r in entry.representative_rows) or "-",
                 "PATCH" if entry.patched else "keep",
                 entry.reason,
             )
@@ -335,21 +373,40 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _marked(prompt: str, text: str) -> str:
+    """`prompt` with its first `text` marked ~text~ (`--otherwise-patch`); an `OptionsError` where it is not there."""
+    if text not in prompt:
+        raise OptionsError(f"`--otherwise-patch` is {text!r}, which is not in the prompt {prompt!r}; give part of it.")
+    return prompt.replace(text, f"~{text}~", 1)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from flowcore.explore import side_by_side
+    from flowcore.explore import comparison
     from flowcore.html_report import context_shift, render_html
     from flowcore.pipelines import generate
 
-    # 1. Load the model and analyze the prompt.
+    # 1. Load the model and analyze the prompt (marking `--otherwise-patch` where nothing was patched).
     pipe, patcher = _load(args)
     result = patcher.run(args.prompt)
     print(format_table(result))
+    if not result.report.patched_items and args.otherwise_patch:
+        result = patcher.run(_marked(args.prompt, args.otherwise_patch))
+        print(f"Nothing was patched, so `{args.otherwise_patch}` is marked and patched: {result.report.prompt}")
+        print(format_table(result))
 
-    # 2. Generate the original and the patched image with the same seed.
+    # 2. Generate the original and the patched image with the same seed (only the original where they are equal).
+    unchanged = result.original.equal(result.patched)
+    if unchanged and not args.both:
+        why = "Nothing was patched" if not result.report.patched_items else "The patch changed no row"
+        print(
+            f"{why}, so the patched image would be the original: generating it once (--both generates both). "
+            "Mark an item with ~...~ to patch it anyway."
+        )
     images = {}
-    for which in tqdm(("original", "patched"), desc="images", unit="image"):
+    wanted = ("original",) if unchanged and not args.both else ("original", "patched")
+    for which in tqdm(wanted, desc="images", unit="image"):
         images[which] = generate(
             pipe,
             result,
@@ -362,14 +419,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # 3. Write the side-by-side PNG and the HTML report.
     folder = _out_dir(args, args.prompt)
     png, page = folder / "compare.png", folder / "report.html"
-    side_by_side(images["original"], images["patched"], prompt=result.report.text).save(png)
+    comparison(result, images["original"], images.get("patched")).save(png)
     settings = {"model": args.model or "default (SD 1.5 from the hub cache)", "seed": args.seed, "steps": args.steps}
     shifts = context_shift(result, patcher)
-    page.write_text(render_html(result, images["original"], images["patched"], shifts, settings), encoding="utf-8")
+    page.write_text(render_html(result, images["original"], images.get("patched"), shifts, settings), encoding="utf-8")
     data = folder / "report.json"
     data.write_text(json.dumps(report_json(result), indent=2, ensure_ascii=False), encoding="utf-8")
-    if not result.report.patched_items:
-        print("Nothing was patched, so both images are the same. Mark an item with ~...~ to patch it anyway.")
     print(f"wrote {png}\nwrote {page}\nwrote {data}")
     return 0
 
@@ -420,6 +475,10 @@ def error_line(error: FlowcoreError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the `flowcore` command; returns the exit status: 0 ok, 2 a bad argument (named in one line), 1 a
     failure while running."""
+    # OpenMP threads that spin while they wait (the default) lose whole time slices to any other process on the
+    # cores: a first run's calibration took 3x as long on a shared 2-core CPU (`benchmarks/first_run.py`). Set
+    # before torch loads; a value of the user's own stays.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:

@@ -8,7 +8,6 @@ Also the small image helpers the CLI and the app share: a labelled grid and a si
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-LABEL_CHARS = 22  # characters per label line under a tile
+LABEL_CHARS = 22  # a tile is at least this many characters wide, so that a label fits under a small image
 LABEL_LINES = 3
 
 
@@ -37,10 +36,25 @@ class Subset:
 
 
 def token_text(result: FlowResult, row: int) -> str:
-    """The prompt text of the token at `row` (a word piece shows its whole word's span)."""
+    """The prompt text of the token at `row`: a word piece is its own characters ("keh" of "bokeh")."""
     for token_row, token in result.layout.token_rows():
         if token_row == row:
             return result.layout.text[token.start : token.end]
+    return "<special>"
+
+
+def token_in_word(result: FlowResult, row: int) -> str:
+    """The token at `row` with the word it is part of, where it is only a piece of one: "bokeh (keh)",
+    "85mm (mm)"; a whole word is itself ("zebra"). A piece alone says little to a reader."""
+    for token_row, token in result.layout.token_rows():
+        if token_row == row:
+            text, start, end = result.layout.text, token.start, token.end
+            while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+                start -= 1
+            while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+                end += 1
+            piece, word = text[token.start : token.end], text[start:end]
+            return piece if word == piece else f"{word} ({piece})"
     return "<special>"
 
 
@@ -102,8 +116,26 @@ def explore(
     return make_grid(images, [s.label for s in subsets], columns=columns), subsets
 
 
+def wrap(text: str, font, width: int) -> list[str]:
+    """`text` in lines at most `width` pixels wide in `font` (a longer word gets a line of its own), keeping
+    its own line breaks: lines as long as the image allows, not a fixed number of characters."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
 def make_grid(images: list[Image], labels: list[str], columns: int = 4, title: str | None = None) -> Image:
-    """Tiles in rows of `columns`, each with its label (wrapped, up to three lines) underneath."""
+    """Tiles in rows of `columns`, each with its label underneath (wrapped to the tile, up to three lines), under
+    the `title` (wrapped to the grid, every line kept)."""
     from PIL import Image as PILImage
     from PIL import ImageDraw, ImageFont
 
@@ -113,19 +145,20 @@ def make_grid(images: list[Image], labels: list[str], columns: int = 4, title: s
     width, height = images[0].size
     line_height = 12
     label_height = LABEL_LINES * line_height + 6
-    title_height = 2 * line_height if title else 0
     columns = max(1, min(columns, len(images)))
     n_rows = (len(images) + columns - 1) // columns
     tile_width = max(width, LABEL_CHARS * 6 + 8)
+    title_lines = wrap(title, font, columns * tile_width - 8) if title else []
+    title_height = (len(title_lines) * line_height + 8) if title else 0
     grid = PILImage.new("RGB", (columns * tile_width, title_height + n_rows * (height + label_height)), "white")
     draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((4, 4), title, fill="black", font=font)
+    for number, line in enumerate(title_lines):
+        draw.text((4, 4 + number * line_height), line, fill="black", font=font)
     for index, (image, label) in enumerate(zip(images, labels)):
         x = (index % columns) * tile_width + (tile_width - width) // 2
         y = title_height + (index // columns) * (height + label_height)
         grid.paste(image.convert("RGB").resize((width, height)), (x, y))
-        lines = textwrap.wrap(label, LABEL_CHARS)[:LABEL_LINES]
+        lines = wrap(label, font, tile_width - 8)[:LABEL_LINES]
         for number, line in enumerate(lines):
             draw.text(
                 ((index % columns) * tile_width + 4, y + height + 3 + number * line_height),
@@ -136,9 +169,15 @@ def make_grid(images: list[Image], labels: list[str], columns: int = 4, title: s
     return grid
 
 
-def side_by_side(original: Image, patched: Image, prompt: str | None = None) -> Image:
-    """The original and the patched image next to each other, labelled."""
-    return make_grid([original, patched], ["original", "patched (Follow the Flow)"], columns=2, title=prompt)
+def comparison(result: FlowResult, original: Image, patched: Image | None) -> Image:
+    """`compare.png`: the original and the patched image side by side, under the prompt as written (markers
+    kept) and what was patched; the original alone where `patched` is None (nothing changed, so it would be the
+    same image)."""
+    done = "; ".join(item.text for item in result.report.patched_items) or "nothing"
+    title = f"{result.report.prompt}\npatched: {done}"
+    if patched is None:
+        return make_grid([original], ["original = patched (no row changed)"], columns=1, title=title)
+    return make_grid([original, patched], ["original", "patched (Follow the Flow)"], columns=2, title=title)
 
 
 def movement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -11,9 +11,9 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flowcore.explore import movement, token_text
+from flowcore.explore import movement, token_in_word, token_text
 from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowResult
+from flowcore.report import FlowResult, ItemReport, fixed
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -29,6 +29,9 @@ th { background: #f0f0f0; text-align: left; } td.num { text-align: right; font-f
 .heat td { font-family: monospace; font-size: .85em; text-align: center; min-width: 3em; }
 .patched { color: #0a6b0a; font-weight: bold; } .kept { color: #666; }
 .note { color: #666; font-size: .9em; }
+.heat th small { font-weight: normal; color: #555; }
+.swatch { display: inline-block; width: 10em; height: .9em; vertical-align: middle;
+          background: linear-gradient(to right, rgba(220, 60, 30, 0), rgba(220, 60, 30, 1)); border: 1px solid #ccc; }
 """
 
 
@@ -66,16 +69,16 @@ def _heat_cell(value: float | None, scale: float) -> str:
         return "<td></td>"
     strength = min(1.0, max(0.0, value / scale)) if scale > 0 else 0.0
     color = f"rgba(220, 60, 30, {strength:.2f})"
-    return f'<td style="background:{color}" title="{value:.4f}">{value:.3f}</td>'
+    return f'<td style="background:{color}" title="{fixed(value, 4)}">{fixed(value)}</td>'
 
 
 def _items_table(result: FlowResult) -> str:
     rows = []
     for entry in result.report.items:
-        representative = ", ".join(html.escape(token_text(result, r)) for r in entry.representative_rows)
+        representative = ", ".join(html.escape(token_in_word(result, r)) for r in entry.representative_rows)
         source = html.escape(entry.source.text) if entry.source else "—"
-        presence = f"{entry.presence:.3f}" if entry.presence is not None else "—"
-        score = f"{entry.leak_score:+.4f}" if entry.leak_score is not None else "—"
+        presence = fixed(entry.presence) if entry.presence is not None else "—"
+        score = fixed(entry.leak_score, 4, signed=True) if entry.leak_score is not None else "—"
         action = '<span class="patched">patched</span>' if entry.patched else '<span class="kept">kept</span>'
         rows.append(
             f"<tr><td>{html.escape(entry.item.text)}</td><td>{html.escape(str(entry.rows))}</td>"
@@ -100,10 +103,23 @@ def _heatmap(result: FlowResult, shifts: Sequence[Sequence[float]]) -> str:
     for entry, shift in zip(entries, shifts):
         by_row = dict(zip(entry.rows, shift))
         cells = "".join(_heat_cell(by_row.get(row), scale) for row in token_rows)
-        lines.append(f"<tr><th>{html.escape(entry.item.text)}</th>{cells}</tr>")
+        lines.append(f"<tr><th>{html.escape(entry.item.text)}<br><small>{_verdict(entry)}</small></th>{cells}</tr>")
     cells = "".join(_heat_cell(value, scale) for value in change)
     lines.append(f"<tr><th>patch change</th>{cells}</tr>")
-    return f'<table class="heat">{header}{"".join(lines)}</table>'
+    legend = (
+        f'<p class="note"><span class="swatch"></span> 0 to {fixed(scale)}: colour and number are how far a token '
+        "moved (1 &minus; cosine), scaled to the largest value in this table.</p>"
+    )
+    return f'<table class="heat">{header}{"".join(lines)}</table>{legend}'
+
+
+def _verdict(entry: ItemReport) -> str:
+    """What decided the item, under its name in the heatmap: its leak score, the reason where the score did not
+    decide (a style tag, a marker), and the action: "leak score +0.052, a quality/style tag: kept"."""
+    parts = [] if entry.leak_score is None else [f"leak score {fixed(entry.leak_score, signed=True)}"]
+    if not entry.reason.startswith("leak score"):
+        parts.append(entry.reason.split(":")[0])
+    return html.escape(", ".join(parts) + (": patched" if entry.patched else ": kept"))
 
 
 def _patch_plan(result: FlowResult) -> str:
@@ -131,7 +147,8 @@ def render_html(
     shifts: Sequence[Sequence[float]] = (),
     settings: dict | None = None,
 ) -> str:
-    """The whole report page as one string. `shifts` comes from `context_shift` (one list per item with rows)."""
+    """The whole report page as one string. `shifts` comes from `context_shift` (one list per item with rows); an
+    `original` without `patched` is shown alone, as the image both would be."""
     report = result.report
     images = ""
     if original is not None and patched is not None:
@@ -140,6 +157,12 @@ def render_html(
             f'<figure><img alt="original" src="{image_data_uri(original)}"><figcaption>original</figcaption></figure>'
             f'<figure><img alt="patched" src="{image_data_uri(patched)}"><figcaption>patched</figcaption></figure>'
             "</div>"
+        )
+    elif original is not None:  # nothing changed: the patched image would be the same
+        images = (
+            '<h2>Image</h2><div class="images">'
+            f'<figure><img alt="original" src="{image_data_uri(original)}"><figcaption>original = patched: no row '
+            "changed, so it was generated once</figcaption></figure></div>"
         )
     threshold = report.describe_threshold()
     settings_rows = "".join(
@@ -162,7 +185,9 @@ given share of unrelated items reach). Presence: cosine between the item in cont
 {_heatmap(result, shifts)}
 <p class="note">Item rows: 1 &minus; cosine between each token in the prompt and the same token with its item encoded
 alone at the same positions (what context did to it). Patch change: 1 &minus; cosine between the original and
-the patched row.</p>
+the patched row. An item is not patched for moving far: context moves every token, the most where the context is
+related. It is patched when its leak score (under its name) reaches the threshold, that is, when it moved toward
+another item's own meaning more than unrelated items do (or when marked, or in every-item mode).</p>
 <h2>Patch plan</h2>
 {_patch_plan(result)}
 {f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else ""}

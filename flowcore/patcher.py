@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -24,14 +27,17 @@ from flowcore.emphasis import check_emphasis, emphasis_scale, encoder_widths, ro
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, TextEncoder
 from flowcore.errors import EncodingMismatchError, OptionsError, PromptError
 from flowcore.items import ISOLATE, KEEP, LexicalItem
+from flowcore.language import LanguageGuess, guess_language
 from flowcore.layout import PromptLayout
 from flowcore.markers import MarkedPrompt, MarkedSpan, parse_markers
 from flowcore.options import EVERY, FlowOptions
 from flowcore.prompt_syntax import SYNTAX_CHOICES, ParsedPrompt, read_prompt
 from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
 from flowcore.representative import RepresentativeClassifier, last_token_rows
-from flowcore.segmentation import load_nlp, segment_marked
+from flowcore.segmentation import load_nlp, pipeline_for, segment_marked
 from flowcore.style_tags import style_tags
+
+logger = logging.getLogger(__name__)
 
 
 def check_prompt(prompt: object, name: str = "prompt") -> str:
@@ -126,6 +132,18 @@ def _item_request(layout: PromptLayout, rows: list[int], start: int | None = Non
     return ItemRequest(text, tuple(t.id for t in tokens), layout.position(rows[0]) if start is None else start)
 
 
+def _chunk_requests(layout: PromptLayout) -> list[ItemRequest]:
+    """Each chunk's tokens as one request to encode them alone at their own positions (chunks with tokens only)."""
+    rows_by_chunk: dict[int, list[int]] = {}
+    for row, _ in layout.token_rows():
+        rows_by_chunk.setdefault(layout.chunk_of(row), []).append(row)
+    return [_item_request(layout, rows) for rows in rows_by_chunk.values()]
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The calibration progress of a patcher that no front end watches."""
+
+
 def _compare(score: float, threshold: float) -> str:
     """`score >= threshold` or `<`, with enough decimals that the printed numbers show the difference."""
     sign = ">=" if score >= threshold else "<"
@@ -151,8 +169,9 @@ class FlowPatcher:
     modes); `syntax="plain"` reads every character literally (only `BREAK` still breaks a chunk).
 
     Scores are read on the encoder's own scale (`flowcore.calibration`): the first automatic detection
-    calibrates the encoder on built-in neutral prompts (a few seconds for an SD 1.5-size encoder on a CPU) and
-    caches that on disk; pass `calibration=` to use one you have. Isolated encodings, segmentations and prompt
+    calibrates the encoder on built-in neutral prompts (5 s for an SD 1.5-size encoder on an idle 2-core CPU)
+    and caches that on disk; pass `calibration=` to use one you have, and `calibration_progress=` to follow a
+    calibration (`flowcore.progress`: a progress bar, a log line). Isolated encodings, segmentations and prompt
     encodings are cached (`cache_size` each), so a repeated prompt costs lookups only. Call `clear_cache()`
     when the encoder's weights change (a LoRA).
     """
@@ -167,6 +186,7 @@ class FlowPatcher:
         calibration: Calibration | None = None,
         syntax: str = "webui",
         emphasis: str = "original",
+        calibration_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if options is not None and not isinstance(options, FlowOptions):
             raise OptionsError(f"`options` must be a FlowOptions but is {type(options).__name__}.")
@@ -180,14 +200,16 @@ class FlowPatcher:
         self._isolated = _LruCache(cache_size)
         self._items = _LruCache(cache_size)
         self._encodings = _LruCache(cache_size)
+        self._readers = _LruCache(cache_size)
         self._baseline: Encoding | None = None
         self._calibration = calibration
+        self.calibration_progress = calibration_progress  # (prompts done, prompts in all) while calibrating
 
     @_locked
     def clear_cache(self) -> None:
         """Forget every cached encoding, e.g. after the encoder's weights changed (a LoRA); the calibration too
         when the encoder's identity changed with them (it is measured, or loaded, again when next needed)."""
-        for cache in (self._isolated, self._items, self._encodings):
+        for cache in (self._isolated, self._items, self._encodings, self._readers):
             cache.data.clear()
         self._baseline = None
         calibrated = self._calibration
@@ -213,39 +235,45 @@ class FlowPatcher:
     def calibrate(self, use_cache: bool = True) -> Calibration:
         """Measure the encoder on the built-in calibration prompts (or load that from the disk cache).
 
-        1. Encode each prompt and its items alone at their positions (one pass each, where the encoder can).
-        2. Keep every item's contextual and isolated vectors, and every token row.
-        3. Fit the statistics and the null distribution (`flowcore.calibration.fit`); cache them on disk.
+        1. Lay out and segment every prompt.
+        2. Encode the prompts a batch at a time (`_calibration_encodings`), telling `calibration_progress`.
+        3. Keep every item's contextual and isolated vectors, and every token row.
+        4. Fit the statistics and the null distribution (`flowcore.calibration.fit`); cache them on disk.
         """
         nlp = self.nlp or load_nlp()
         nlp_name = f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')}-{nlp.meta.get('version', '')}"
         key = calibration.calibration_key(self.encoder.identity(), nlp_name)
         if use_cache and (cached := calibration.load_cached(key)) is not None:
             return cached
-        scratch = FlowPatcher(self.encoder, nlp=nlp, cache_size=64)  # keeps this patcher's caches for the user
+
+        # 1. Lay out and segment every prompt (a scratch patcher keeps this patcher's caches for the user).
+        scratch = FlowPatcher(self.encoder, nlp=nlp, cache_size=64)
         scoring_only = FlowOptions(sensitivity=0.0)  # detection on, nothing to patch: items alone at their positions
-        token_rows, samples = [], []
-        for number, prompt in enumerate(calibration.calibration_prompts()):
+        prompts = []
+        for prompt in calibration.calibration_prompts():
             marked = parse_markers(prompt)
-            layout, encoding = scratch._encoded(marked, scoring_only)
-            placed = scratch._placed(scratch._segment(marked), layout)
-            if not all(entry.item.tag for entry in placed):  # statistics from sentences (see `calibration`)
-                token_rows.append(encoding.rows[[row for row, _ in layout.token_rows()]].float().cpu())
-            contextual, matched, candidates = scratch._measure(encoding.rows, layout, placed)
-            usable = [index for index, rows in enumerate(matched) if rows is not None]
-            first = len(samples)  # items of this prompt are samples first, first + 1, ...
-            for index in usable:
-                samples.append(
-                    ItemSample(
-                        analysis.item_vector(contextual[index], self.encoder.causal).float().cpu(),
-                        analysis.item_vector(matched[index], self.encoder.causal).float().cpu(),
-                        number,
-                        tuple(first + usable.index(j) for j in candidates[index] if j in usable),
-                        placed[index].item.tag,
-                    )
-                )
+            layout = scratch._layout(marked.text, None)
+            prompts.append((layout, scratch._placed(scratch._segment(marked, scoring_only), layout)))
+
+        # 2. and 3. Encode a batch of prompts at a time; keep their items' vectors and their token rows.
+        logger.info("Calibrating the text encoder on %d prompts (cache key %s)", len(prompts), key)
+        started = time.perf_counter()
+        progress = self.calibration_progress or _no_progress
+        progress(0, len(prompts))
+        token_rows, samples = [], []
+        for first in range(0, len(prompts), calibration.PROMPTS_PER_BATCH):
+            laid = prompts[first : first + calibration.PROMPTS_PER_BATCH]
+            encoded = scratch._calibration_encodings(laid)
+            for number, ((layout, placed), (rows, alone)) in enumerate(zip(laid, encoded), start=first):
+                if not all(entry.item.tag for entry in placed):  # statistics from sentences (see `calibration`)
+                    token_rows.append(rows.float().cpu())
+                samples += scratch._calibration_samples(number, layout, placed, rows, alone, len(samples))
+            progress(first + len(laid), len(prompts))
+
+        # 4. Fit and cache.
         fitted = calibration.fit(torch.cat(token_rows), samples, key)
         calibration.store(fitted)
+        logger.info("Calibrated in %.1f s; cached in %s", time.perf_counter() - started, calibration.cache_dir())
         return fitted
 
     @_locked
@@ -302,7 +330,7 @@ class FlowPatcher:
     @_locked
     def patch(
         self,
-        encoding: torch.Tensor,
+        encoding: torch.Tensor | Encoding,
         prompt: str,
         layout: PromptLayout | None = None,
         pooled: torch.Tensor | None = None,
@@ -312,7 +340,8 @@ class FlowPatcher:
         """Patch an encoding the caller already has (the WebUI's conditioning, or diffusers' prompt_embeds).
 
         Args:
-            encoding (`torch.Tensor` of shape `(layout.n_rows, dim)`): the prompt's encoding; it is not modified.
+            encoding (`torch.Tensor` of shape `(layout.n_rows, dim)`, or an `Encoding`): the prompt's encoding
+                (rows; an `Encoding`'s pooled vector is used where `pooled` is not given); it is not modified.
             prompt (`str`): the prompt, markers allowed; the encoding must be of its marker-free text.
             layout (`PromptLayout`, *optional*): which token sits in which row; by default the encoder's own.
             pooled (`torch.Tensor`, *optional*): the pooled vector, passed through (or re-derived).
@@ -323,8 +352,12 @@ class FlowPatcher:
         """
         check_prompt(prompt)
         options = self._check_options(options)
+        if isinstance(encoding, Encoding):
+            encoding, pooled = encoding.rows, encoding.pooled if pooled is None else pooled
         if not isinstance(encoding, torch.Tensor):
-            raise EncodingMismatchError(f"`encoding` must be a torch.Tensor but is {type(encoding).__name__}.")
+            raise EncodingMismatchError(
+                f"`encoding` must be a torch.Tensor of rows or an Encoding but is {type(encoding).__name__}."
+            )
         marked = parse_markers(prompt)
         layout = layout or self.encoder.layout(marked.text)
         return self._patch(encoding, prompt, marked, layout, pooled, options, force)
@@ -358,7 +391,16 @@ class FlowPatcher:
             prompt, marked.text, float("inf"), share, warnings=list(marked.warnings), options=options.to_dict()
         )
 
-        # 2. Map items to rows; items without rows (or across a chunk boundary) are reported and left alone.
+        # 2. Map items to rows; items without rows (or across a chunk boundary) are reported and left alone. Items of
+        #    a prompt in a language no installed pipeline reads are reported, and only patched where marked.
+        unread = self._reader(marked.text)[1] if options.parse else None
+        if unread is not None:
+            report.warnings.append(
+                f"The prompt reads as {unread.name} ({unread.evidence}) and segmentation is English, so no item found "
+                f"in it is patched. Mark items with ~...~ to patch them, or install a {unread.name} spaCy pipeline "
+                f"(`{unread.code}_core_news_sm` or `{unread.code}_core_web_sm`, or set "
+                f"FLOWCORE_SPACY_MODEL_{unread.code.upper()} to one)."
+            )
         placed = []
         for item in self._segment(marked, options):
             rows = layout.item_rows(item.start, item.end)
@@ -407,7 +449,7 @@ class FlowPatcher:
             if options.detect and matched[index] is not None:
                 item_report.presence = analysis.presence(contextual[index], matched[index], self.encoder.causal)
             threshold = report.threshold_for(entry.item)
-            item_report.patched, item_report.reason = self._decide(entry, score, threshold, options)
+            item_report.patched, item_report.reason = self._decide(entry, score, threshold, options, unread)
             span = (entry.item.start, entry.item.end)
             if span in force and not item_report.patched and entry.item.marker != KEEP:
                 item_report.patched, item_report.reason = True, force[span]
@@ -504,18 +546,31 @@ class FlowPatcher:
         return entry.request if self._can_position() else entry.patch_request
 
     def _segment(self, marked: MarkedPrompt, options: FlowOptions | None = None) -> list[LexicalItem]:
-        """The prompt's items (cached); in markers-only mode without redundant-token removal only its marked
-        spans (no spaCy run). Items that are style tags (the built-in list, `$FLOWCORE_STYLE_TAGS` and
-        `options.style_tags`) are marked as such."""
+        """The prompt's items (cached), found by the pipeline of its language (`_reader`); in markers-only mode
+        without redundant-token removal only its marked spans (no spaCy run). Items that are style tags (the
+        built-in list, `$FLOWCORE_STYLE_TAGS` and `options.style_tags`) are marked as such."""
         options = options or self.options
         parse = options.parse or options.remove_redundant
         tags = style_tags(options.style_tags)
         key = (marked.text, marked.spans, parse, tags)
         items = self._items.get(key)
         if items is None:
-            items = segment_marked(marked, self.nlp, parse, tags)
+            nlp = self._reader(marked.text)[0] if parse else self.nlp
+            items = segment_marked(marked, nlp, parse, tags)
             self._items.put(key, items)
         return items
+
+    def _reader(self, text: str) -> tuple[Any, LanguageGuess | None]:
+        """The spaCy pipeline that reads `text` (`flowcore.segmentation.pipeline_for` its language, as
+        `flowcore.language` guesses it), and None; or, where no pipeline of that language is installed, the
+        English one and the guess, whose items are then not to be patched (cached per text)."""
+        found = self._readers.get(text)
+        if found is None:
+            guess = guess_language(text)
+            nlp = pipeline_for(guess.code, self.nlp)
+            found = (nlp, None) if nlp is not None else (pipeline_for("en", self.nlp), guess)
+            self._readers.put(text, found)
+        return found
 
     @staticmethod
     def _placement_problem(rows: list[int], layout: PromptLayout) -> str:
@@ -550,6 +605,64 @@ class FlowPatcher:
         candidates = [self._candidates(index, placed, layout) for index in range(len(placed))]
         return contextual, matched, candidates
 
+    def _calibration_encodings(
+        self, prompts: Sequence[tuple[PromptLayout, list[_Placed]]]
+    ) -> list[tuple[torch.Tensor, list[IsolatedItem]]]:
+        """Per laid-out calibration prompt: its token rows `(tokens, dim)`, in the order of `layout.token_rows()`,
+        and each of its items alone at its own positions.
+
+        In a causal encoder a chunk's token rows depend only on the start token and the tokens themselves, as an
+        item's do: each chunk is encoded as one more item alone (`_chunk_requests`), so its end token and padding
+        are never computed and the prompts of a batch share forward calls. A bidirectional encoder encodes each
+        prompt whole, its items alone in one call, as `run` does."""
+        items = [[self._scoring_request(entry) for entry in placed] for _, placed in prompts]
+        if not self.encoder.causal:
+            return [
+                (
+                    self.encoder.encode(layout).rows[[row for row, _ in layout.token_rows()]],
+                    self._isolated_encodings(requests),
+                )
+                for (layout, _), requests in zip(prompts, items)
+            ]
+        chunks = [_chunk_requests(layout) for layout, _ in prompts]
+        encoded = iter(self.encoder.encode_isolated([*itertools.chain(*chunks), *itertools.chain(*items)]))
+        token_rows = [torch.cat([next(encoded).rows for _ in requests]) for requests in chunks]
+        return [(rows, [next(encoded) for _ in requests]) for rows, requests in zip(token_rows, items)]
+
+    def _calibration_samples(
+        self,
+        number: int,
+        layout: PromptLayout,
+        placed: list[_Placed],
+        rows: torch.Tensor,
+        alone: list[IsolatedItem],
+        first: int,
+    ) -> list[ItemSample]:
+        """Calibration prompt `number`'s items as samples, the first of them sample `first`: each item's vector in
+        the prompt (from its token `rows`, see `_calibration_encodings`) and alone at its own positions, and the
+        samples that could have pulled it. Items whose tokens alone differ from the prompt's are left out."""
+        causal = self.encoder.causal
+        order = {row: index for index, (row, _) in enumerate(layout.token_rows())}  # layout row -> index in `rows`
+        usable = [
+            index
+            for index, (entry, item) in enumerate(zip(placed, alone))
+            if list(item.token_ids) == list(entry.request.token_ids)
+        ]
+        samples = []
+        for index in usable:
+            entry = placed[index]
+            candidates = self._candidates(index, placed, layout)
+            samples.append(
+                ItemSample(
+                    analysis.item_vector(rows[[order[row] for row in entry.rows]], causal).float().cpu(),
+                    analysis.item_vector(alone[index].rows, causal).float().cpu(),
+                    number,
+                    tuple(first + usable.index(j) for j in candidates if j in usable),
+                    entry.item.tag,
+                )
+            )
+        return samples
+
     def _candidates(self, index: int, placed: list[_Placed], layout: PromptLayout) -> list[int]:
         """Items that could have influenced item `index`: same chunk, and before it in a causal encoder."""
         rows = placed[index].rows
@@ -571,12 +684,16 @@ class FlowPatcher:
                 return chosen
         return last_token_rows(rows)
 
-    def _decide(self, entry: _Placed, score, threshold: float, options: FlowOptions) -> tuple[bool, str]:
+    def _decide(
+        self, entry: _Placed, score, threshold: float, options: FlowOptions, unread: LanguageGuess | None = None
+    ) -> tuple[bool, str]:
         item = entry.item
         if item.marker == KEEP:
             return False, "marked ^keep^"
         if item.marker == ISOLATE:
             return True, "marked ~isolate~"
+        if unread is not None:
+            return False, f"the prompt reads as {unread.name}, which segmentation cannot read: mark it ~...~ to patch"
         if item.style and not options.patch_style_tags:
             return False, "a quality/style tag: never patched unless `patch_style_tags` is on"
         if options.mode == EVERY:

@@ -40,7 +40,7 @@ from flowcore.layout import ROWS_PER_CHUNK
 from flowcore.model_source import check_config_folder, resolve_source
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
-from flowcore.quiet import diffusers_import_notices, weight_loading_bars_hidden
+from flowcore.quiet import diffusers_import_notices, empty_fp32_cast_notice, weight_loading_bars_hidden
 from flowcore.report import FlowResult
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def load_pipeline(
         check_config_folder(config)
 
     # 2. Load it from whatever `source` names, never from the network.
-    with diffusers_import_notices(), weight_loading_bars_hidden():
+    with diffusers_import_notices(), empty_fp32_cast_notice(), weight_loading_bars_hidden():
         if resolved.kind == "file":
             pipe = _load_single_file(Path(resolved.location), config, dtype)
         elif resolved.kind == "folder":

@@ -13,6 +13,10 @@ from collections.abc import Iterator
 # transformers 5 without torchvision, when diffusers imports its pipelines (which name CLIPImageProcessor, the
 # safety checker's feature extractor): flowcore never runs an image processor.
 TORCHVISION_FALLBACK = ("transformers.utils.import_utils", "requires torchvision (not installed); falling back")
+# diffusers' `ModelMixin.to(dtype)`, which a load calls on each model (the VAE of every single-file checkpoint),
+# warns even where the model keeps no module in float32: the list is empty, so the cast is exact. Only that
+# empty-list form is hidden; a model that does keep modules in float32 still warns.
+EMPTY_FP32_CAST = ("diffusers.models.modeling_utils", "that should be kept in float32: []. ")
 
 
 class _Drop(logging.Filter):
@@ -38,6 +42,11 @@ def hidden(logger_name: str, fragment: str) -> Iterator[None]:
 def diffusers_import_notices() -> contextlib.AbstractContextManager:
     """Around importing or loading diffusers pipelines: transformers' torchvision fallback notice."""
     return hidden(*TORCHVISION_FALLBACK)
+
+
+def empty_fp32_cast_notice() -> contextlib.AbstractContextManager:
+    """Around loading a diffusers pipeline: the warning about casting a model with no float32 modules."""
+    return hidden(*EMPTY_FP32_CAST)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,13 @@ from flowcore.items import LexicalItem
 from flowcore.layout import PromptLayout
 
 
+def fixed(value: float, decimals: int = 3, signed: bool = False) -> str:
+    """`value` with `decimals` decimals (and a sign where `signed`), never "-0.000": a value that rounds to
+    zero prints as zero, whatever side of it float error left it on."""
+    rounded = round(value, decimals) + 0.0  # -0.0 + 0.0 is 0.0
+    return f"{rounded:{'+' if signed else ''}.{decimals}f}"
+
+
 @dataclass
 class Pull:
     """The pull of `source` on an item (`flowcore.analysis`): `value` is the calibrated, hubness-corrected

@@ -19,8 +19,9 @@ WebUI's `BREAK`). A stretch, without emphasis brackets or a `:weight`, is ONE TA
    ("looking at viewer", "sitting on bench"), and it is not a run of adverbs ("very very slowly");
 
 otherwise it is a PHRASE, read as a sentence: its items are the parser's noun phrases (the whole prompt is
-parsed at once, so a sentence that runs across commas keeps its context), plus any booru-style word in it
-(`1girl`, `blue_hair`) the parser did not make part of one. So "a castle on a hill, at sunset, with dragons"
+parsed at once, so a sentence that runs across commas keeps its context), then every noun none of them covers
+("crosswalk" in "a zebra on a crosswalk, bus station", which the parser attaches to "station"), plus any
+booru-style word in it (`1girl`, `blue_hair`) no item covers. So "a castle on a hill, at sunset, with dragons"
 is three phrases (castle, hill, sunset, dragons) and "1girl, a girl holding a red umbrella in the rain, blue
 coat" is a tag, a phrase and a tag (1girl, girl, red umbrella, rain, blue coat); "white shirt with green tie"
 is a phrase (two items, so that each colour stays with its own noun).
@@ -110,6 +111,29 @@ def load_nlp(name: str | None = None) -> Language:
             + SPACY_MODEL_MISSING.format(tried=chosen[0])
         )
     raise ModelNotFoundError(SPACY_MODEL_MISSING.format(tried=", ".join(candidates)))
+
+
+def pipeline_for(language: str, nlp: Language | None = None) -> Language | None:
+    """A spaCy pipeline with a parser for `language` (ISO 639-1, from `flowcore.language.guess_language`), or None
+    where none is installed.
+
+    English: `nlp` or `load_nlp()`. Another language: `nlp` where it is of that language, else the pipeline named
+    by `$FLOWCORE_SPACY_MODEL_<LANGUAGE>` (`FLOWCORE_SPACY_MODEL_DE`; it must be installed), else an installed
+    `<language>_core_news_sm` or `<language>_core_web_sm` (then md, lg), spaCy's own package names.
+    """
+    if nlp is not None and nlp.lang == language:
+        return nlp
+    if language == "en":
+        return nlp or load_nlp()
+    configured = os.environ.get(f"FLOWCORE_SPACY_MODEL_{language.upper()}")
+    if configured:
+        return load_nlp(configured)
+    for candidate in (f"{language}_core_{genre}_{size}" for size in ("sm", "md", "lg") for genre in ("news", "web")):
+        if candidate not in _loaded and (found := _load_if_installed(candidate)) is not None:
+            _loaded[candidate] = found
+        if candidate in _loaded:
+            return _loaded[candidate]
+    return None
 
 
 def _load_if_installed(candidate: str) -> Language | None:
@@ -222,20 +246,35 @@ def _item(text: str, start: int, end: int, head: str, tags: StyleTags, tag: bool
     return LexicalItem(text=span, start=start, end=end, head=head, style=style, tag=tag)
 
 
+def _span(first, last, offset: int) -> tuple[int, int]:
+    """The `[start, end)` offsets into the prompt of the tokens `first` to `last` of a piece at `offset`."""
+    return offset + first.idx, offset + last.idx + len(last.text)
+
+
 def _phrase_items(doc, offset: int, start: int, end: int, text: str, tags: StyleTags) -> list[LexicalItem]:
     """Items of a phrase `text[start:end]` (offsets into `text`; the doc is of the piece at `offset`): one per
-    head noun with its left modifiers inside the stretch, then booru-style words no such item covers."""
-    items = []
-    for token in doc:
-        position = offset + token.idx
-        if not start <= position < end or not _is_head(token):
-            continue
-        tokens = [t for t in _item_tokens(token) if offset + t.idx >= start]
-        if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
-            continue  # "to the right of", "in front of", "on top of": a location, not a concept
-        left, right = _whole_words(text, offset + tokens[0].idx, offset + tokens[-1].idx + len(tokens[-1].text))
-        if item := _item(text, left, right, token.text, tags):
-            items.append(item)
+    head noun with its left modifiers inside the stretch, then one per noun no such item covers, then
+    booru-style words no item covers.
+
+    The second pass keeps every noun in some item: the parser, reading the whole prompt, can make a noun part of
+    another stretch's noun ("crosswalk" in "a zebra on a crosswalk, bus station" parses as a modifier of
+    "station") or of a verb ("puppy" in "a golden retriever puppy playing"), and that noun would vanish."""
+    inside = [token for token in doc if start <= offset + token.idx < end]
+    items: list[LexicalItem] = []
+    for heads_only in (True, False):  # then right to left: "puppy" takes "golden retriever" before they are tried
+        for token in inside if heads_only else reversed(inside):
+            if token.pos_ not in {"NOUN", "PROPN"} or heads_only != _is_head(token):
+                continue
+            if not heads_only and any(item.overlaps(*_span(token, token, offset)) for item in items):
+                continue
+            tokens = [t for t in _item_tokens(token) if offset + t.idx >= start]
+            if len(tokens) == 1 and token.lower_ in SPATIAL_NOUNS:
+                continue  # "to the right of", "in front of", "on top of": a location, not a concept
+            left, right = _whole_words(text, *_span(tokens[0], tokens[-1], offset))
+            if not heads_only and any(item.overlaps(left, right) for item in items):
+                left, right = _whole_words(text, *_span(token, token, offset))  # its modifiers are taken: the noun
+            if item := _item(text, left, right, token.text, tags):
+                items.append(item)
     for word in re.finditer(r"\S+", text[start:end]):
         left, right = _core(text, start + word.start(), start + word.end())
         covered = any(item.overlaps(left, right) for item in items)

@@ -214,7 +214,8 @@ def test_run_encodes_prompt_and_items_in_one_pass_and_caches_it(clip_encoder, nl
         second = patcher.run("a crosswalk with a ~zebra~")
     finally:
         del tower.hidden_states
-    # One forward call: 77 prompt rows + [BOS crosswalk] at its position 2 + [BOS zebra] at its position 5
-    # and at 1 (to patch with). Nothing can pull the first item of a causal prompt: it is never patched.
-    assert calls == [torch.Size([1, 77 + 3 + 2 + 2])]
+    # One forward call: 77 prompt rows (their BOS seen by every block) + [crosswalk] at its position 2 + [zebra]
+    # at its position 5 and at 1 (to patch with). Nothing can pull the first item of a causal prompt: it is never
+    # patched.
+    assert calls == [torch.Size([1, 77 + 2 + 1 + 1])]
     assert torch.equal(first.patched, second.patched)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
+import flowcore
 from flowcore import FlowOptions
 from flowcore.cli import build_parser, main, options_from
 from flowcore.errors import OptionsError
@@ -112,3 +113,80 @@ def test_explore_writes_a_grid_of_items_and_tokens(sd15_folder, tmp_path, capsys
 def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["analyze", "a zebra", "--model", str(tmp_path / "nope.safetensors")]) == 2
     assert "flowcore: error: No model file or folder" in capsys.readouterr().err
+
+
+def test_version_is_printed_without_importing_torch():
+    code = (
+        "import sys\nfrom flowcore.cli import main\n"
+        "try: main(['--version'])\nexcept SystemExit: print('torch' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["flowcore", flowcore.__version__, "False"]
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare", "explore"])
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_a_mistake(command, prompt, capsys):
+    assert main([command, prompt]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("flowcore: error: The `prompt` argument is empty") and error.count("\n") == 1
+
+
+def test_compare_generates_once_when_nothing_is_patched(sd15_folder, tmp_path, capsys):
+    out = tmp_path / "once"
+    argv = ["compare", "a standing zebra", "--model", str(sd15_folder), "--device", "cpu", *FAST]
+    assert main([*argv, "--mode", "markers", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Nothing was patched, so the patched image would be the original: generating it once" in printed
+    with Image.open(out / "compare.png") as image:
+        assert image.width < 2 * 64 + 2 * 8  # one tile
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 1
+
+    assert main([*argv, "--mode", "markers", "--out", str(tmp_path / "both"), "--both"]) == 0
+    assert "generating it once" not in capsys.readouterr().out
+    assert (tmp_path / "both" / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_compare_otherwise_patch_marks_the_item_before_generating(sd15_folder, tmp_path, capsys):
+    out = tmp_path / "fallback"
+    prompt = "a crosswalk next to a bus station with a standing zebra"
+    argv = ["compare", prompt, "--model", str(sd15_folder), "--device", "cpu", "--out", str(out), *FAST]
+    assert main([*argv, "--mode", "markers", "--otherwise-patch", "standing zebra"]) == 0
+    printed = capsys.readouterr().out
+    marked = "a crosswalk next to a bus station with a ~standing zebra~"
+    assert f"Nothing was patched, so `standing zebra` is marked and patched: {marked}" in printed
+    assert "generating it once" not in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompt"] == marked and [i["item"]["text"] for i in report["items"] if i["patched"]] == [
+        "standing zebra"
+    ]
+    assert main([*argv, "--otherwise-patch", "giraffe"]) == 2
+    assert "`--otherwise-patch` is 'giraffe', which is not in the prompt" in capsys.readouterr().err
+
+
+def test_compare_png_title_keeps_markers_and_names_what_was_patched(patcher, monkeypatch):
+    from flowcore import explore
+
+    drawn = []
+    monkeypatch.setattr(explore, "make_grid", lambda images, labels, columns, title: drawn.append((labels, title)))
+    tile = Image.new("RGB", (256, 256), "gray")
+    explore.comparison(patcher.run(PROMPT), tile, tile)
+    explore.comparison(patcher.run("a standing zebra", FlowOptions(mode="markers")), tile, None)
+    assert drawn == [
+        (["original", "patched (Follow the Flow)"], f"{PROMPT}\npatched: standing zebra"),
+        (["original = patched (no row changed)"], "a standing zebra\npatched: nothing"),
+    ]
+
+
+def test_titles_and_captions_wrap_only_where_the_image_is_too_narrow():
+    from PIL import ImageFont
+
+    from flowcore.explore import make_grid, wrap
+
+    font = ImageFont.load_default(size=11)
+    assert wrap(f"{PROMPT}\npatched: standing zebra", font, 504) == [PROMPT, "patched: standing zebra"]
+    assert wrap("patched (Follow the Flow)", font, 248) == ["patched (Follow the Flow)"]
+    assert len(wrap(PROMPT, font, 140)) > 2  # a narrow grid: every word still drawn
+    tile = Image.new("RGB", (64, 64), "gray")
+    one_line, wrapped = make_grid([tile], ["x"], 1, title="short"), make_grid([tile], ["x"], 1, title=PROMPT)
+    assert wrapped.height > one_line.height  # the title gets the lines it needs

@@ -144,3 +144,40 @@ def test_offline_the_demo_says_how_to_get_the_model(tmp_path):
     done = run_python(code, child_env(tmp_path, HF_HUB_OFFLINE="1"))
     assert done.returncode == 1
     assert "not in the local Hugging Face cache" in done.stderr and "--model path/to/v1-5.safetensors" in done.stderr
+
+
+def load_demo():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import demo
+
+    return demo
+
+
+def test_the_demo_takes_a_prompt_and_any_compare_option():
+    demo = load_demo()
+    assert demo.split_prompt(["--steps", "2", "a red car", "--model", "x.safetensors"]) == (
+        "a red car",
+        ["--steps", "2", "--model", "x.safetensors"],
+    )
+    assert demo.split_prompt(["--model=x", "--both", "a ~red~ car"]) == ("a ~red~ car", ["--model=x", "--both"])
+    assert demo.split_prompt(["--model", "x", "--device", "cpu"]) == (None, ["--model", "x", "--device", "cpu"])
+
+
+@pytest.fixture()
+def compare_calls(monkeypatch):
+    """The argument lists the demo gives `flowcore compare` (nothing generated)."""
+    import flowcore.cli
+
+    calls = []
+    monkeypatch.setattr(flowcore.cli, "main", lambda argv: calls.append(argv) or 0)
+    return calls
+
+
+def test_on_the_papers_prompt_the_demo_patches_the_papers_item_where_nothing_is_flagged(compare_calls):
+    demo = load_demo()
+    assert demo.main(["--model", "m.safetensors", "--steps", "2"]) == 0
+    assert demo.main(["a red car", "--model", "m.safetensors"]) == 0
+    assert compare_calls == [
+        ["compare", demo.PROMPT, "--model", "m.safetensors", "--steps", "2", "--otherwise-patch", "standing zebra"],
+        ["compare", "a red car", "--model", "m.safetensors"],
+    ]

@@ -224,9 +224,13 @@ def test_each_warning_once_wide_characters_aligned_and_repeated_sources_placed(s
     assert "bats @ " in out
 
 
-def test_an_empty_prompt_says_so(sd15_folder, capsys):
-    assert main(["analyze", "", "--model", str(sd15_folder), "--device", "cpu"]) == 0
-    assert "The prompt is empty" in capsys.readouterr().out
+def test_an_empty_prompt_says_so(sd15_folder, patcher, capsys):
+    """On the command line it is a mistake (status 2, before the model loads); in the library, an empty report."""
+    from flowcore.cli import format_table
+
+    assert main(["analyze", "", "--model", str(sd15_folder), "--device", "cpu"]) == 2
+    assert "The `prompt` argument is empty" in capsys.readouterr().err
+    assert "The prompt is empty" in format_table(patcher.run(""))
 
 
 def test_every_command_has_a_description():

@@ -93,6 +93,20 @@ def test_patch_keeps_dtype_and_device_of_the_callers_encoding(patcher, clip_enco
     assert len(changed_rows(result)) == 2
 
 
+def test_patch_takes_the_rows_or_an_encoding(sdxl_encoder, nlp):
+    patcher = FlowPatcher(sdxl_encoder, MARKERS_ONLY, nlp=nlp)
+    layout = sdxl_encoder.layout("a crosswalk next to a bus station with a standing zebra")
+    encoding = sdxl_encoder.encode(layout)
+    from_rows = patcher.patch(encoding.rows, ZEBRA, layout=layout)
+    from_encoding = patcher.patch(encoding, ZEBRA, layout=layout)
+    assert torch.equal(from_rows.patched, from_encoding.patched) and len(changed_rows(from_encoding)) == 2
+    assert from_rows.pooled_original is None and from_encoding.pooled_original is encoding.pooled
+    other = torch.zeros_like(encoding.pooled)
+    assert patcher.patch(encoding, ZEBRA, layout=layout, pooled=other).pooled_original is other  # `pooled` first
+    with pytest.raises(EncodingMismatchError, match="torch.Tensor of rows or an Encoding but is list"):
+        patcher.patch([[0.0]], ZEBRA)
+
+
 def test_patch_rejects_an_encoding_of_the_wrong_size(patcher):
     with pytest.raises(EncodingMismatchError, match=r"\(77, dim\)"):
         patcher.patch(torch.zeros(154, 32), ZEBRA)

@@ -69,6 +69,17 @@ def test_single_file_in_webui_layout_round_trip(tiny_sd15, sd15_folder, sd15_sin
     assert_same_weights(tiny_sd15, pipe)
 
 
+def test_loading_does_not_warn_about_float32_modules_there_are_none_of(sd15_folder, sd15_single_file, caplog):
+    """diffusers casts each single-file model with `.to(dtype)` and warns "should be kept in float32: []"."""
+    import logging
+
+    load_pipeline(sd15_single_file, config=sd15_folder, device="cpu")
+    assert not [record for record in caplog.records if "kept in float32" in record.getMessage()]
+    message = "There are modules in X that should be kept in float32: ['norm']. Casting directly ..."
+    logging.getLogger("diffusers.models.modeling_utils").warning(message)  # a real one still shows
+    assert [record.getMessage() for record in caplog.records] == [message]
+
+
 def test_single_file_with_detected_config_and_no_tokenizer_files(
     tiny_sd15, sd15_folder, sd15_single_file, tmp_path, monkeypatch
 ):

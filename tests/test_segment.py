@@ -1,6 +1,6 @@
 import pytest
 
-from flowcore import segment
+from flowcore import FlowOptions, segment
 from flowcore.errors import ModelNotFoundError
 from flowcore.segmentation import load_nlp
 
@@ -59,3 +59,40 @@ def test_missing_model_says_how_to_install(monkeypatch):
 
 def test_the_parser_is_loaded_once():
     assert load_nlp() is load_nlp()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [  # a sentence followed by comma tags: the parser attaches the sentence's last noun to a later tag's noun
+        ("a zebra on a crosswalk, bus station", ["zebra", "crosswalk", "bus station"]),
+        ("a cat on a sofa, window, sunlight", ["cat", "sofa", "window", "sunlight"]),
+        ("a man riding a horse, mountains, sunset", ["man", "horse", "mountains", "sunset"]),
+        ("a knight on a horse, castle, dragon", ["knight", "horse", "castle", "dragon"]),
+        ("a golden retriever puppy playing with a ball, park", ["golden retriever puppy", "ball", "park"]),
+    ],
+)
+def test_a_sentence_followed_by_tags_keeps_every_noun(prompt, expected, nlp):
+    assert texts(prompt, nlp) == expected
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a zebra on a crosswalk, bus station",
+        "an owl on a branch, full moon, pine trees, fog",
+        "a lighthouse on a rocky coast, seagulls, storm clouds",
+        "a robot holding a flower in a ruined city, sunset, dust",
+        "an old woman knitting by a fireplace, cat, wooden chair",
+    ],
+)
+def test_every_noun_of_a_phrase_is_in_an_item(prompt, nlp):
+    items = segment(prompt, nlp)
+    for token in nlp(prompt):
+        if token.pos_ in {"NOUN", "PROPN"}:
+            assert any(item.start <= token.idx < item.end for item in items), (token.text, [i.text for i in items])
+
+
+def test_webui_syntax_keeps_the_item_after_a_sentence(patcher):
+    result = patcher.run("a (zebra:1.3) on a [crosswalk], (bus station)", options=FlowOptions(mode="every"))
+    assert [entry.item.text for entry in result.report.items] == ["zebra", "crosswalk", "bus station"]
+    assert all(entry.patched for entry in result.report.items)

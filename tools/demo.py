@@ -3,6 +3,10 @@
     python3 tools/dev.py demo                                  # SD 1.5 from the local cache, fetched if missing
     python3 tools/dev.py demo --model path/to/v1-5.safetensors # a WebUI checkpoint instead (no download)
     python3 tools/dev.py demo --device cuda --steps 30         # any other `flowcore compare` option
+    python3 tools/dev.py demo "a red car, ~blue bicycle~"      # a prompt of your own (markers allowed)
+
+On the paper's prompt, where automatic detection patches nothing, the demo says so before generating and patches
+the item the paper patched, `~standing zebra~`, so that the two images show the fix (`--otherwise-patch`).
 
 Writes `flowcore-out/<prompt>/compare.png` (original and patched image, same seed), `report.html` and
 `report.json`. The demo is the only part of this repository that downloads, and only when SD 1.5 is not in the
@@ -18,6 +22,7 @@ import fnmatch
 import sys
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
+PAPER_ITEM = "standing zebra"  # the item the paper patched in PROMPT (encoded alone "with its own modifiers")
 REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # What `flowcore compare` reads from the repository: nothing else is fetched.
 ALLOW_PATTERNS = [
@@ -77,9 +82,36 @@ def fetch(repo: str = REPO) -> str | None:
     return snapshot_download(repo, allow_patterns=ALLOW_PATTERNS)
 
 
+def split_prompt(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The prompt (the first argument that is neither an option of `flowcore compare` nor an option's value;
+    None where there is none) and every other argument, in order."""
+    import argparse
+
+    from flowcore.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    takes_value = {
+        option
+        for action in commands.choices["compare"]._actions
+        if action.nargs != 0
+        for option in action.option_strings
+    }
+    index = 0
+    while index < len(argv):
+        if not argv[index].startswith("-") or argv[index] == "-":
+            return argv[index], argv[:index] + argv[index + 1 :]
+        index += 2 if argv[index] in takes_value else 1
+    return None, argv
+
+
 def main(argv: list[str]) -> int:
     from flowcore.cli import main as flowcore_main
 
+    prompt, options = split_prompt(argv)
+    if prompt is None:  # the paper's prompt: where nothing is flagged, patch what the paper patched
+        prompt = PROMPT
+        if not any(arg.startswith("--otherwise-patch") for arg in options):
+            options = [*options, "--otherwise-patch", PAPER_ITEM]
     wants_default = not any(arg == "--model" or arg.startswith("--model=") for arg in argv)
     if wants_default and not is_cached() and fetch() is None:
         print(
@@ -88,7 +120,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    return flowcore_main(["compare", PROMPT, *argv])
+    return flowcore_main(["compare", prompt, *options])
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def calibrated(monkeypatch):
     """Give the node's patchers these calibrations (by part name) instead of measuring their own."""
     given = {}
     real = conditioning.FlowPatcher
-    monkeypatch.setattr(conditioning, "FlowPatcher", lambda part: real(part, calibration=given.get(part.name)))
+    monkeypatch.setattr(
+        conditioning, "FlowPatcher", lambda part, **kwargs: real(part, calibration=given.get(part.name), **kwargs)
+    )
     conditioning._PATCHERS.clear()
     yield given
     conditioning._PATCHERS.clear()

@@ -86,5 +86,5 @@ def test_items_alone_take_one_forward_call_whatever_their_number(webui):
         encoder.encode_isolated(requests)
     finally:
         handle.remove()
-    assert calls == [torch.Size([1, 2 + 3, 32])]  # [BOS zebra] and [BOS bus station], packed
+    assert calls == [torch.Size([1, 1 + 1 + 2, 32])]  # [BOS zebra] and [BOS bus station], packed: BOS once
     assert encoder.empty().rows.shape == (77, 32)

@@ -91,6 +91,9 @@ def test_lora_on_the_text_encoder(family):
     got = webui.txt2img(prompt=f"{lora} {MARKED}", alwayson=on()).sampling_records[0]
     assert changed_rows(conds(got), conds(ref)) == ZEBRA_ROWS
     torch.testing.assert_close(crossattn(conds(got))[ZEBRA_ROWS], alone_with_lora, atol=1e-5, rtol=1e-4)
+    # the WebUI strips the LoRA tag from the prompts it encodes, not from those the infotext reads
+    infotext = webui.txt2img(prompt=f"{lora} {MARKED}", alwayson=on()).infotexts[0]
+    assert "FtF patched: standing zebra" in infotext
     plain = make_webui(family, with_script=False)
     without = crossattn(plain.txt2img(prompt="standing zebra").sampling_records[0].c.batch[0][0].schedules[0].cond)[1:3]
     assert not torch.allclose(alone_with_lora, without, atol=1e-3)  # the LoRA did change the encode
