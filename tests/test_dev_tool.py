@@ -151,14 +151,15 @@ def test_uv_gets_pips_package_sources():
     assert dev.uv_source_args(index_only=True)[2:] == ("--index-url", "https://mirror/simple")
 
 
-def test_a_changed_lock_resyncs_an_installed_venv(tmp_path, monkeypatch):
+def test_a_changed_lock_resyncs_an_installed_venv_with_the_torch_build_it_has(tmp_path, monkeypatch):
     dev = load_dev()
     monkeypatch.setattr(dev, "LOCKS", tmp_path)
-    calls = []
+    calls, choices = [], []
     monkeypatch.setattr(dev, "sh", lambda *args, env=None, log=None: calls.append([str(a) for a in args]))
     monkeypatch.setattr(dev, "ensure_uv", lambda: Path("uv"))
     monkeypatch.setattr(dev, "uv_source_args", lambda index_only=False: ())
-    monkeypatch.setattr(dev, "choose_torch", lambda: dev.TorchBuild("torch==2.13.0+cpu", (), "CPU-only"))
+    build = dev.TorchBuild("torch==2.13.0+cpu", ("--extra-index-url", "https://cpu"), "CPU-only")
+    monkeypatch.setattr(dev, "choose_torch", lambda: choices.append(build) or build)
     env = dev.Env("main", tmp_path / ".venv", (), ".[dev]")
     env.python.parent.mkdir(parents=True)
     env.python.touch()
@@ -170,7 +171,8 @@ def test_a_changed_lock_resyncs_an_installed_venv(tmp_path, monkeypatch):
     assert calls == []  # installed from this lock already
     env.lock.write_text("numpy==2.4.7\n")
     dev.ensure(env)
-    assert [call for call in calls if "torch==2.13.0+cpu" in call]
+    (install, *_) = [call for call in calls if "torch==2.13.0+cpu" in call]
+    assert "https://cpu" in install and len(choices) == 1  # the build was chosen once, then read from the stamp
 
 
 @pytest.mark.parametrize(

