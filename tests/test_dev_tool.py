@@ -102,6 +102,21 @@ def test_a_failing_suite_does_not_stop_the_others_and_the_summary_names_it(dev, 
     assert summary[-1] == "verdict: FAILED (suite main)" and len(summary) == 6
 
 
+def test_a_host_venv_that_fails_to_install_is_a_failed_suite_and_the_next_host_still_runs(dev, monkeypatch, capsys):
+    monkeypatch.setattr(dev.shutil, "which", which({"chromium", "chromedriver"}))
+
+    def ensure(env):
+        if env.name == "webui":
+            raise subprocess.CalledProcessError(2, ["uv"])
+        return Path(f"{env.path.name}-python")
+
+    monkeypatch.setattr(dev, "ensure", ensure)
+    with pytest.raises(SystemExit) as exit_info:
+        dev.test([])
+    assert exit_info.value.code == 2 and [call[0] for call in dev.calls if "pytest" in call][-1] == ".venv-forge-python"
+    assert "suite webui (.venv-webui): install failed [exit status 2]" in capsys.readouterr().out
+
+
 def test_run_and_tail_echoes_the_output_and_returns_pytests_last_line(capsys):
     dev = load_dev()
     script = "print('tests/test_a.py ..F'); print(); print('\\x1b[31m===== 1 failed, 2 passed in 0.12s =====\\x1b[0m')"
