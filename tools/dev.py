@@ -35,7 +35,7 @@ import urllib.request
 import venv
 from dataclasses import asdict, dataclass
 from datetime import date
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -360,20 +360,20 @@ class Outcome:
 
 
 def run_and_tail(*args: str | Path, env: dict | None = None) -> tuple[int, str]:
-    """Run a command, echoing it and its output as it comes; returns its exit status and last non-empty line
-    (pytest's and ruff's verdict), without colour codes or pytest's `===` rule."""
+    """Run a command, echoing it and passing its output on as it comes (pytest's dots included); returns its exit
+    status and its last non-empty line (pytest's and ruff's verdict), without colour codes or pytest's `===`."""
     print("+", shlex.join(str(a) for a in args), flush=True)
-    last = ""
-    unbuffered = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}  # its output as it comes, through the pipe
+    tail = b""
+    unbuffered = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
     with subprocess.Popen(
-        [str(a) for a in args], cwd=ROOT, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [str(a) for a in args], cwd=ROOT, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as process:
-        for line in process.stdout:
-            sys.stdout.write(line)
+        for chunk in iter(partial(os.read, process.stdout.fileno(), 65536), b""):
+            sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
-            if line.strip():
-                last = line
-    return process.returncode, re.sub(r"\x1b\[[0-9;]*m", "", last).strip(" =\n")
+            tail = (tail + chunk)[-4096:]
+    lines = [line for line in tail.decode(errors="replace").splitlines() if line.strip()]
+    return process.returncode, re.sub(r"\x1b\[[0-9;]*m", "", lines[-1] if lines else "").strip(" =")
 
 
 def versions(python: Path, names: tuple[str, ...] = NOTABLE) -> str:
