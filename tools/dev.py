@@ -413,7 +413,7 @@ def finish(outcomes: list[Outcome], missing: str) -> None:
     if missing:
         print("verdict: INCOMPLETE (the browser test did not run)", flush=True)
         sys.exit(missing)
-    print(f"verdict: PASSED ({len(outcomes)} steps)", flush=True)
+    print(f"verdict: PASSED ({len(outcomes)} step{'' if len(outcomes) == 1 else 's'})", flush=True)
 
 
 def lint() -> list[Outcome]:
