@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
+from flowcore.compat import version_problem
 from flowcore.errors import FlowcoreError
 from flowcore.joint import Part, patch_jointly
 from flowcore.markers import parse_markers
@@ -83,6 +85,10 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
     if not options.parse and not marked.spans and not options.remove_redundant:
         outcome.notes.append("Markers only, and the prompt has no markers: nothing to patch.")
         return outcome
+    if version_problem():  # ComfyUI's environment holds a version flowcore cannot work with
+        outcome.problems.append(version_problem())
+        _warn_once(version_problem())
+        return outcome
     try:
         outcome.conditioning, outcome.reports = patch_conditioning(clip, conditioning, text, marked.text, options)
     except (MappingError, FlowcoreError, NotImplementedError) as error:
@@ -95,6 +101,12 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
     for problem in outcome.problems:
         logger.warning("%s %s", PREFIX, problem)
     return outcome
+
+
+@cache
+def _warn_once(message: str) -> None:
+    """Log `message` once per ComfyUI session (a per-environment problem, not a per-prompt one)."""
+    logger.warning("[Follow the Flow] %s", message)
 
 
 def patch_conditioning(clip, conditioning: list, marked_text: str, line: str, options: FlowOptions):

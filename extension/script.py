@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from flowcore.compat import version_problem
 from flowcore.markers import parse_markers, strip_markers
 from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
@@ -62,6 +63,8 @@ def is_forge(sd_model) -> bool:
 
 def unsupported_reason(sd_model) -> str:
     """Why this model cannot be patched, or "" when it can."""
+    if version_problem():  # the WebUI's venv holds a version flowcore cannot work with
+        return version_problem()
     if sd_model is None:
         return "no model is loaded"
     if is_forge(sd_model):

@@ -22,11 +22,18 @@ def resolve_device(device: str, name: str = "device") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            reason = "" if torch.version.cuda is None else " but sees no GPU (check the driver)"
+            if torch.version.cuda is None:
+                how = (
+                    f"or install a CUDA build of PyTorch: on Linux `python -m pip install --force-reinstall "
+                    f"torch=={torch.__version__.split('+')[0]}` (the package index's Linux wheels are CUDA builds), "
+                    "elsewhere the command at https://pytorch.org/get-started/locally/"
+                )
+                problem = "a CPU-only build"
+            else:
+                how, problem = "or check the GPU's driver", f"built for CUDA {torch.version.cuda} but sees no GPU"
             raise DeviceError(
-                f"`{name}` is {device!r} but this PyTorch ({torch.__version__}) is {build}{reason}. Use "
-                f"`{name}` cpu (or auto), or install a CUDA build of PyTorch (https://pytorch.org/get-started/)."
+                f"`{name}` is {device!r} but this PyTorch ({torch.__version__}) is {problem}. Use `{name}` cpu "
+                f"(or auto), {how}."
             )
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():

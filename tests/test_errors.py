@@ -57,6 +57,7 @@ def test_device_cuda_on_a_cpu_only_torch(command, sd15_folder, capsys, nothing_l
     status, err = run_cli([command, "a zebra", "--model", str(sd15_folder), "--device", "cuda"], capsys)
     assert status == 2
     assert err.count("\n") == 0 and "`--device` is 'cuda'" in err and "CPU-only" in err and "cpu" in err
+    assert f"pip install --force-reinstall torch=={torch.__version__.split('+')[0]}`" in err  # how to get CUDA
 
 
 def test_device_gpu_is_not_a_device(sd15_folder, capsys, nothing_loads):

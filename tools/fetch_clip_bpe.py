@@ -35,4 +35,5 @@ def fetch(target: Path = DEFAULT_TARGET) -> Path:
 
 
 if __name__ == "__main__":
-    print(fetch(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_TARGET))
+    path = fetch(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_TARGET)
+    print(f"CLIP merges file for the tests' tokenizer: {path}")

@@ -12,10 +12,16 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+import transformers
+from packaging.version import Version
 
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
 from flowcore.errors import OptionsError
 from flowcore.layout import ChunkFormat, PromptLayout, layout_prompt
+
+# transformers < 4.45 (the AUTOMATIC1111 WebUI ships 4.30) cuts the rotary tables of Llama-style models to the
+# sequence's length before indexing them with the position ids: every position id must be below the length.
+POSITIONS_WITHIN_LENGTH = Version(transformers.__version__).release < (4, 45)
 
 
 def _first_id(tokenizer, *names: str) -> int | None:
@@ -118,7 +124,8 @@ class GenericEncoder:
             ids[index, : len(sequence)] = torch.tensor(sequence)
             mask[index, : len(sequence) if not self.attend_padding else length] = 1
             after = places[-1] + 1 if places else 0
-            padding = [min(p, self.max_positions - 1) for p in range(after, after + length - len(places))]
+            last = (min(self.max_positions, length) if POSITIONS_WITHIN_LENGTH else self.max_positions) - 1
+            padding = [min(p, last) for p in range(after, after + length - len(places))]
             positions[index] = torch.tensor([*places, *padding])  # padding rows are masked (or, unmasked, T5's)
         inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
         if self.supports_positions:
@@ -141,7 +148,10 @@ class GenericEncoder:
         token_ids = [list(request.token_ids)[: self.format.tokens] for request in requests]
         starts = [request.start if self.supports_positions else leading for request in requests]
         sequences = [self._frame(ids, start) for ids, start in zip(token_ids, starts)]
-        states = self._run(sequences, max(len(ids) for ids, _ in sequences))
+        length = max(len(ids) for ids, _ in sequences)
+        if self.supports_positions and POSITIONS_WITHIN_LENGTH and not self.attend_padding:  # masked padding
+            length = max(length, *(places[-1] + 1 for _, places in sequences))
+        states = self._run(sequences, length)
         return [
             IsolatedItem(request.text, ids, states[index, leading : leading + len(ids)])
             for index, (request, ids) in enumerate(zip(requests, token_ids))
