@@ -5,6 +5,7 @@
     python3 tools/dev.py flowcore analyze "..."   # the `flowcore` command from .venv, offline
     python3 tools/dev.py lock      # re-resolve requirements/lock-*.txt on purpose (then run `test`, commit)
     python3 tools/dev.py newest    # the main suite under the newest release of everything but torch
+    python3 tools/dev.py realclient --host a1111|forge|comfyui --host-dir DIR   # the real hosts (README)
 
 Every environment is installed by uv (pinned below; bootstrapped into `.venv` with pip, so it follows pip's
 configuration) from one shared cache whose files are hard-linked into each venv: torch and the rest exist once
@@ -464,7 +465,14 @@ def flowcore(args: list[str]) -> None:
     sh(PYTHON, "-m", "flowcore", *args, env=offline_env())
 
 
-COMMANDS = {"test": test, "demo": demo, "flowcore": flowcore, "lock": lock, "newest": newest}
+def realclient(args: list[str]) -> None:
+    """The real-client suite (`tests/realclient/run.py`, standard library only): a host's own server on random
+    weights, checked against the host's own encodes. It runs `flowcore analyze` from `.venv`, so that is made first."""
+    ensure_environment()
+    sh(sys.executable, ROOT / "tests" / "realclient" / "run.py", *args)
+
+
+COMMANDS = {"test": test, "demo": demo, "flowcore": flowcore, "lock": lock, "newest": newest, "realclient": realclient}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
