@@ -214,4 +214,4 @@ def test_the_torch_build_fits_the_machine(tmp_path, monkeypatch, gpu, cpu_index,
 def test_usage_names_the_script_by_its_path():
     completed = subprocess.run(["python3", str(ROOT / "tools" / "dev.py")], capture_output=True, text=True)
     assert completed.returncode == 1
-    assert "usage: python3 tools/dev.py {test|demo|flowcore|lock|newest}" in completed.stderr
+    assert "usage: python3 tools/dev.py {test|demo|flowcore|lock|newest|realclient}" in completed.stderr
