@@ -18,13 +18,13 @@ import standin  # noqa: E402
 def make_webui(family="sd1", with_script=True):
     webui = standin.WebUI(family)
     if with_script:
-        import extension
-        from extension.conditioning import PENDING
-        from extension.script import FollowTheFlowScript
+        import follow_the_flow_webui
+        from follow_the_flow_webui.conditioning import PENDING
+        from follow_the_flow_webui.script import FollowTheFlowScript
 
         PENDING.restore_all()
         webui.add_script(FollowTheFlowScript)
-        extension.register_callbacks()
+        follow_the_flow_webui.register_callbacks()
     return webui
 
 

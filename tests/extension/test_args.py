@@ -11,8 +11,8 @@ from conftest import make_webui
 from ext_helpers import TITLE, conds, on
 from modules import errors
 
-from extension.args import ARG_TABLE, FlowArgs, from_infotext, paste_getter
 from flowcore.options import FlowOptions
+from follow_the_flow_webui.args import ARG_TABLE, FlowArgs, from_infotext, paste_getter
 
 
 def parse_infotext(text: str) -> dict:
@@ -153,12 +153,12 @@ def test_xyz_axes_registered_and_applied(webui):
 def test_xyz_axes_wait_for_before_ui(monkeypatch):
     from modules import script_callbacks
 
-    import extension
+    import follow_the_flow_webui
 
     registered = []
     monkeypatch.setattr(script_callbacks, "on_before_ui", lambda fn, name=None: registered.append(fn), raising=False)
     webui = make_webui("sd1", with_script=False)
-    extension.register_callbacks()
+    follow_the_flow_webui.register_callbacks()
     assert len(registered) == 1
     assert registered[0]() == 3 and registered[0]() == 0  # added once
     assert webui.xyz_grid_module()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from modules import sd_hijack, shared
 
-from extension.a1111 import parts_for
-from extension.line_layout import escape
 from flowcore.encoders.base import ItemRequest
+from follow_the_flow_webui.a1111 import parts_for
+from follow_the_flow_webui.line_layout import escape
 
 
 def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):

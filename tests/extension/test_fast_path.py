@@ -13,8 +13,8 @@ from conftest import make_webui
 from ext_helpers import changed_rows, conds, crossattn, isolated, on, text_encoder
 from modules import errors, shared
 
-from extension.a1111 import parts_for
 from flowcore.encoders.base import ItemRequest
+from follow_the_flow_webui.a1111 import parts_for
 
 PLAIN = "a crosswalk next to a standing zebra"
 MARKED = "a crosswalk next to a ~standing zebra~"

@@ -172,7 +172,7 @@ def test_automatic_mode_scores_in_forge_as_the_core_does(monkeypatch, nlp):
 
 
 def test_an_unknown_forge_model_is_skipped_with_one_message(monkeypatch, caplog):
-    from extension import forge, script
+    from follow_the_flow_webui import forge, script
 
     script._said.clear()
     webui = make_webui("forge-sd15")

@@ -38,7 +38,7 @@ def test_a_repeated_prompt_costs_no_encode(webui, monkeypatch):
     """The second generation of a prompt finds the calibration and every item's encodings in the caches kept
     across generations: no forward call of the text transformer by the extension."""
     webui.txt2img(prompt=ZEBRA, alwayson=on("Automatic"))
-    from extension.script import parts_for as script_parts
+    from follow_the_flow_webui.script import parts_for as script_parts
 
     ((encoder, _),) = script_parts(shared.sd_model, shared.opts)
     calls = []
@@ -52,7 +52,7 @@ def test_a_repeated_prompt_costs_no_encode(webui, monkeypatch):
 
 def test_markers_only_encodes_only_the_marked_item(webui, monkeypatch):
     webui.txt2img(prompt="a cat", alwayson=on("Automatic"))  # the encoder exists, calibrated
-    from extension.script import parts_for as script_parts
+    from follow_the_flow_webui.script import parts_for as script_parts
 
     ((encoder, _),) = script_parts(shared.sd_model, shared.opts)
     shapes = []
@@ -110,7 +110,7 @@ def test_the_infotext_lists_each_images_own_patched_items(webui):
 
 
 def test_a_failure_while_recording_leaves_one_warning_and_a_patched_image(webui, monkeypatch, caplog):
-    from extension.script import FollowTheFlowScript
+    from follow_the_flow_webui.script import FollowTheFlowScript
 
     def broken(*args, **kwargs):
         raise RuntimeError("record")

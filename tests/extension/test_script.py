@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 
 import pytest
 import torch
@@ -162,7 +164,7 @@ def test_unmappable_prompt_is_skipped_with_a_warning(webui, caplog):
 def test_forge_models_without_known_engines_or_unsupported_models_skip_with_one_message(webui, caplog):
     from types import SimpleNamespace
 
-    from extension import script
+    from follow_the_flow_webui import script
 
     forge_model = SimpleNamespace(forge_objects=object(), cond_stage_model=None)  # Forge's, no engine we know
     assert script.is_forge(forge_model) and "Forge" in script.unsupported_reason(forge_model)
@@ -190,6 +192,23 @@ def test_script_file_loads_and_registers(webui):
 
     module = webui.load_script_file(Path(__file__).resolve().parents[2] / "scripts" / "follow_the_flow.py")
     assert module.FollowTheFlowScript.__name__ == "FollowTheFlowScript"
+
+
+def test_script_file_finds_its_glue_beside_another_extensions_package(webui, tmp_path, monkeypatch):
+    """Another extension's folder on `sys.path` first, with a package named `extension` already imported (a
+    common folder name): the entry script still gets our glue, which has a name of its own."""
+    from pathlib import Path
+
+    decoy = tmp_path / "extension"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("def register_callbacks():\n    raise RuntimeError('the decoy')\n")
+    (decoy / "script.py").write_text("FollowTheFlowScript = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "extension", raising=False)
+    importlib.import_module("extension")
+    module = webui.load_script_file(Path(__file__).resolve().parents[2] / "scripts" / "follow_the_flow.py")
+    assert module.FollowTheFlowScript.__module__ == "follow_the_flow_webui.script"
+    assert sys.modules["extension"].__file__ == str(decoy / "__init__.py")  # theirs is left as it was
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

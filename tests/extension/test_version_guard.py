@@ -8,7 +8,7 @@ import torch
 from conftest import make_webui
 from ext_helpers import conds, on
 
-from extension import script
+from follow_the_flow_webui import script
 
 PROBLEM = "unsupported versions: transformers 4.25.1 (flowcore needs >= 4.30); images are unpatched until ..."
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 from ext_helpers import on
 
-from extension import script
 from flowcore import calibration
+from follow_the_flow_webui import script
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 
