@@ -90,6 +90,9 @@ class GenerationState:
     marked: list[str] | None = None  # this batch's prompts with their markers
     marked_hr: list[str] | None = None
     patched: dict[str, list[str]] = field(default_factory=dict)  # prompt without markers -> items patched
+    # image index in the job (p.iteration * p.batch_size + position) -> items patched: another script may write
+    # other text into p.all_prompts (Regional Prompter puts its own original prompts back in process_batch)
+    patched_at: dict[int, list[str]] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # problems already logged in this generation
 
     def note(self, message: str) -> None:
@@ -98,11 +101,16 @@ class GenerationState:
             self.said.add(message)
             logger.warning("%s %s", PREFIX, message)
 
-    def patched_infotext(self, all_prompts=None, index=0, **kwargs) -> str | None:
+    def patched_infotext(self, all_prompts=None, index=0, p=None, **kwargs) -> str | None:
         """The infotext value of one image (the WebUI calls it with `create_infotext`'s locals): the items
         patched in that image's prompt, or None (no entry) where none was."""
         if not all_prompts or not 0 <= index < len(all_prompts):
             return None
+        if p is not None and self.patched_at:
+            # `index` counts in the job where `all_prompts` is p.all_prompts, else in this batch (`p.prompts`)
+            first = 0 if all_prompts is getattr(p, "all_prompts", None) else p.iteration * p.batch_size
+            if first + index in self.patched_at:
+                return "; ".join(self.patched_at[first + index]) or None
         items = self.patched.get(image_key(all_prompts[index]))
         return "; ".join(items) if items else None
 
@@ -265,6 +273,8 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
         for image, items in result.patched_items.items():
             patched = state.patched.setdefault(image_key(p.prompts[image]), [])
             patched += [item for item in items if item not in patched]
+            at = state.patched_at.setdefault(p.iteration * p.batch_size + image, [])
+            at += [item for item in items if item not in at]
         if any(state.patched.values()):
             p.extra_generation_params[PATCHED_LABEL] = state.patched_infotext
         if result.problems:  # the same problems come back in every pass and batch: one line per generation

@@ -1,0 +1,530 @@
+"""Follow the Flow beside other extensions in a real AUTOMATIC1111 WebUI v1.10.1 (issue 19): one table of rows.
+
+    python3 tests/realclient/beside_a1111.py --host-dir /work/hosts/a1111 --deps /work/hosts/a1111-deps \
+        --python /work/hosts/a1111/venv/bin/python \
+        --rp DIR --dp DIR --cutoff DIR [--only rp,dp,cutoff] [--extension-from DIR]
+
+`--rp`, `--dp`, `--cutoff`: an exported tree of hako-mikan/sd-webui-regional-prompter, adieyal/sd-dynamic-prompts,
+hnmr293/sd-webui-cutoff (none of their code is committed here); a peer left out is not placed. A `.peer-commit`
+file in a tree names its commit for the table. Each tree is copied into `<host-dir>/extensions/` for the run and
+removed after it, with this checkout (as `host_a1111.py` installs it; `--extension-from DIR`: the same files from
+another tree, to try a fix) and the probe `beside_probe/` (every image's and sub-prompt's cond against the
+WebUI's own encodes). One WebUI server runs all rows; the peers stay off unless a row turns them on. Outputs in
+`<host-dir>/realclient-beside-out/`.
+
+Rows:
+- Regional Prompter, Attention mode, regions by `BREAK` and by `ADDCOL`: the marked item's rows = its encode
+  alone, every other row as the WebUI encoded it, the image changed, the infotext names the item.
+- Regional Prompter, Latent mode (`BREAK`, `ADDCOL`, the item in region 2 with a batch of 2): the same, OR Follow
+  the Flow steps aside (image unchanged) with a warning naming Regional Prompter in the log and the infotext.
+  As of 2026-12-05 the rows are patched but no infotext names the item: these rows and Attention + `ADDCOL` fail.
+- Dynamic Prompts, combinatorial, batch of 2, `{..|..}` and a wildcard: every image's own cond patched, markers
+  kept through the expansion, every image's infotext names its own items. Its snapshot needs a settings
+  workaround (`dp_settings_file`).
+- Cutoff with targets = the marked items: nothing breaks (rows consistent, items named, Cutoff active and able to
+  change the image alone), and the detail records which one wins (as of 2026-12-05: Follow the Flow replaces
+  Cutoff's rows on the shared items, so both on = Follow the Flow alone, silently).
+Exit status as `run.py`'s: 0 all passed, 1 a row failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from host_a1111 import (  # noqa: E402
+    EXTENSION,
+    FLAGS,
+    HUB_CACHE,
+    NEGATIVE,
+    WebUI,
+    copy_tree,
+    launcher_env,
+    place_repositories,
+    relaxed_requirements,
+    remove_copies,
+    version,
+)
+from host_common import (  # noqa: E402
+    REPO,
+    Row,
+    Server,
+    checkout_files,
+    exit_status,
+    free_port,
+    host_env,
+    http_json,
+    link,
+    random_checkpoint,
+    run,
+    say,
+    table,
+)
+
+ATOL = 1e-5
+BESIDE_PROBE = "ftf-beside-probe"
+PEER_FOLDERS = {"rp": "sd-webui-regional-prompter", "dp": "sd-dynamic-prompts", "cutoff": "sd-webui-cutoff"}
+FTF_ON = [True, "Markers only"]
+FTF_OFF = [False, "Markers only"]
+PREFIX = "[Follow the Flow]"
+RP_REGIONS = "a dark cave with ~bats~ BREAK a bright full moon over a lake"
+WILDCARD = "ftfpet"  # a wildcard file written into Dynamic Prompts' wildcards folder for the run
+
+
+def rp_args(calc: str) -> list:
+    """Regional Prompter's `ui()` values: active, debug, tab, Matrix/Mask/Prompt submodes, ratios, base ratios,
+    use base/common/negative common, calc mode, options, LoRA te/unet ratios, threshold, mask, LoRA stops, flip."""
+    return [
+        True,
+        False,
+        "Matrix",
+        "Columns",
+        "Mask",
+        "Prompt",
+        "1,1",
+        "0.2",
+        False,
+        False,
+        False,
+        calc,
+        [],
+        "0",
+        "0",
+        "0.4",
+        None,
+        0,
+        0,
+        False,
+    ]
+
+
+def peer_commit(tree: Path) -> str:
+    marker = tree / ".peer-commit"
+    return marker.read_text(encoding="utf-8").split()[0] if marker.exists() else "?"
+
+
+def dp_settings_file(host_dir: Path, tree: Path, out: Path) -> Path:
+    """A copy of the WebUI's `config.json` with Dynamic Prompts' settings at their defaults (read from its
+    `settings.py`). Its snapshot registers them from `Script.__init__`, after A1111 >= 1.9 has already run the
+    settings callbacks, so `opts.dp_ignore_whitespace` raises on a fresh install (its issue 754, fixed upstream
+    by PR 760 after this snapshot). The server gets the copy with `--ui-settings-file`; `config.json` is untouched."""
+    config = json.loads((host_dir / "config.json").read_text(encoding="utf-8"))
+    text = (tree / "sd_dynamic_prompts" / "settings.py").read_text(encoding="utf-8")
+    for key, default in re.findall(r'key="(dp_\w+)",\s*info=shared\.OptionInfo\(\s*([^,\n]+),', text):
+        try:
+            config.setdefault(key, ast.literal_eval(default))
+        except ValueError:  # a computed default (the magic prompt model list): not read by these rows
+            config.setdefault(key, "")
+    target = out / "config-beside.json"
+    target.write_text(json.dumps(config), encoding="utf-8")
+    return target
+
+
+class BesideWebUI(WebUI):
+    """`host_a1111.WebUI` with extra launch flags (its `__init__` takes none)."""
+
+    def __init__(self, python, host_dir, checkpoint, out, name, flags, **env) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.python, self.out, self.name, self.count = python, out, name, 0
+        command = [python, "launch.py", *FLAGS, "--ckpt", str(checkpoint), "--port", str(self.port), *flags]
+        self.server = Server(command, host_dir, launcher_env(out, **env), out / f"{name}.log")
+
+
+def remove_peers(host_dir: Path) -> None:
+    for folder in (*PEER_FOLDERS.values(), BESIDE_PROBE):
+        if (host_dir / "extensions" / folder).exists():
+            shutil.rmtree(host_dir / "extensions" / folder)
+
+
+class Client:
+    """The WebUI with our extension, the beside probe and the peers; requests with any `alwayson_scripts`."""
+
+    def __init__(self, webui: WebUI, spec: Path, probe_out: Path) -> None:
+        self.webui, self.spec, self.probe_out, self.count = webui, spec, probe_out, 0
+        self.titles: dict[str, str] = {}
+
+    def title(self, fragment: str) -> str:
+        """A script's title as the API knows it (Dynamic Prompts has its version in it)."""
+        if not self.titles:
+            for script in http_json(f"{self.webui.url}/sdapi/v1/script-info"):
+                if not script["is_img2img"]:
+                    self.titles[script["name"]] = script["name"]
+        return next(name for name in self.titles if fragment.lower() in name.lower())
+
+    def log_size(self) -> int:
+        return len(self.webui.server.log.read_text(encoding="utf-8", errors="replace"))
+
+    def txt2img(
+        self,
+        name: str,
+        prompt: str,
+        scripts: dict,
+        spec_images=None,
+        batch_size=1,
+        size=64,
+        settings: dict | None = None,
+    ) -> dict:
+        """One generation; returns its images, infotexts, the probe's findings and the log lines it added."""
+        if spec_images is not None:
+            self.spec.write_text(json.dumps({"name": name, "images": spec_images}), encoding="utf-8")
+        else:
+            self.spec.unlink(missing_ok=True)
+        start = self.log_size()
+        payload = {
+            "prompt": prompt,
+            "negative_prompt": NEGATIVE,
+            "seed": 1,
+            "steps": 2,
+            "width": size,
+            "height": size,
+            "sampler_name": "Euler",
+            "cfg_scale": 7,
+            "batch_size": batch_size,
+            "alwayson_scripts": scripts,
+            "override_settings": settings or {},
+        }
+        answer = http_json(f"{self.webui.url}/sdapi/v1/txt2img", payload, timeout=900)
+        info = json.loads(answer["info"])
+        images = []
+        for n, data in enumerate(answer["images"][:batch_size]):
+            self.count += 1
+            path = self.webui.out / f"{name}-{n}.png"
+            path.write_bytes(base64.b64decode(data))
+            images.append(path)
+        found = None
+        result = self.probe_out / f"{name}.json"
+        if spec_images is not None:
+            found = json.loads(result.read_text(encoding="utf-8")) if result.exists() else {"error": "no probe output"}
+        log = self.webui.server.log.read_text(encoding="utf-8", errors="replace")[start:]
+        return {"images": images, "infotexts": info["infotexts"], "probe": found, "log": log}
+
+
+def patched_in(infotext: str) -> list[str]:
+    found = re.search(r"FtF patched: (\"[^\"]*\"|[^,\n]*)", infotext)
+    return sorted(part.strip() for part in (found.group(1).strip('"') if found else "").split(";") if part.strip())
+
+
+def ftf_lines(log: str) -> list[str]:
+    return [line.strip() for line in log.splitlines() if PREFIX in line]
+
+
+def rows_ok(found: dict) -> tuple[bool, float | None, str]:
+    """Every image: items' rows = alone, other rows as the WebUI encoded them, something changed."""
+    if not found or "error" in found:
+        return False, None, f"probe: {found.get('error') if found else 'none'}"
+    ok, worst, parts = True, 0.0, []
+    for b, image in enumerate(found["images"]):
+        worst = max(worst, image["max_diff"])
+        ok = ok and image["max_diff"] <= ATOL and image["others_equal"] and (image["changed"] or not image["items"])
+        where = ", ".join(f"{i['item']}@sub{i.get('subprompt')} diff {i.get('diff', 'n/a')}" for i in image["items"])
+        parts.append(
+            f"image {b}: {len(image['subprompts'])} sub-prompt(s); {where}; other rows "
+            f"{'bit-identical' if image['others_equal'] else 'DIFFER'}"
+        )
+    return ok, worst, "; ".join(parts)
+
+
+def diagnosis(result: dict) -> str:
+    """What Follow the Flow's glue saw (from the probe) and said (log), for the detail column."""
+    found = result["probe"] or {}
+    state = found.get("ftf_state")
+    text = f"p.prompts {found.get('prompts')}; p.all_prompts {found.get('all_prompts')}; cond {found.get('cond_shape')}"
+    if state is not None:
+        text += f"; FtF state: skip {state['skip_reason']!r}, patched {state['patched']}"
+    lines = ftf_lines(result["log"])
+    return text + f"; FtF log: {lines if lines else 'nothing'}"
+
+
+def check(args) -> list[Row]:
+    host_dir: Path = args.host_dir
+    host = version(host_dir)
+    out = host_dir / "realclient-beside-out"
+    out.mkdir(exist_ok=True)
+    for cache in out.glob("flowcore-cache-*"):
+        shutil.rmtree(cache)
+    log = out / "setup.log"
+    remove_copies(host_dir)
+    remove_peers(host_dir)
+    relaxed_requirements(host_dir, out)
+    place_repositories(host_dir, args.deps, log)
+    python = args.python
+    run([python, "-c", HUB_CACHE, str(out / "hf"), str(REPO)], log, env=host_env())
+    checkpoint, lora = random_checkpoint(python, "sd15", host_dir / "realclient-models", log)
+    checkpoint = link(checkpoint, host_dir / "models" / "Stable-diffusion")
+    extensions = host_dir / "extensions"
+    source = args.extension_from or REPO  # the same file list as this checkout, from another tree if asked
+    copy_tree([source / name for name in checkout_files() if (source / name).is_file()], source, extensions / EXTENSION)
+    probe_root = Path(__file__).with_name("beside_probe")
+    copy_tree(list(probe_root.rglob("*.py")), probe_root, extensions / BESIDE_PROBE)
+    peers = {}
+    for key in ("rp", "dp", "cutoff"):
+        tree = getattr(args, key)
+        if tree is None:
+            continue
+        shutil.copytree(tree, extensions / PEER_FOLDERS[key], symlinks=True)
+        peers[key] = f"{PEER_FOLDERS[key]}@{peer_commit(tree)}"
+        say(f"placed {tree} as extensions/{PEER_FOLDERS[key]} ({peers[key]})")
+    if "dp" in peers:
+        wildcards = extensions / PEER_FOLDERS["dp"] / "wildcards"
+        wildcards.mkdir(exist_ok=True)
+        (wildcards / f"{WILDCARD}.txt").write_text("~sleeping cat~\n", encoding="utf-8")
+    spec, probe_out = out / "beside-spec.json", out / "probe"
+    spec.unlink(missing_ok=True)
+    flags = []
+    if "dp" in peers:
+        flags += ["--ui-settings-file", str(dp_settings_file(host_dir, args.dp, out))]
+    webui = BesideWebUI(
+        python,
+        host_dir,
+        checkpoint,
+        out,
+        "webui-beside",
+        flags,
+        FTF_BESIDE_SPEC=str(spec),
+        FTF_BESIDE_OUT=str(probe_out),
+        FLOWCORE_CACHE=str(out / "flowcore-cache-host"),
+    )
+    client = Client(webui, spec, probe_out)
+    rows: list[Row] = []
+
+    def row(peer: str, name: str, function) -> None:
+        began = time.perf_counter()
+        try:
+            ok, diff, detail = function()
+        except Exception as error:  # a failed request fails its row; the next rows still run
+            ok, diff, detail = False, None, f"{type(error).__name__}: {error}"
+        rows.append(
+            Row(
+                host,
+                "sd15",
+                peers.get(peer, peer),
+                name,
+                ok,
+                diff,
+                webui.server.peak_mb(),
+                time.perf_counter() - began,
+                detail,
+            )
+        )
+        say(f"{name}: {'PASS' if ok else 'FAIL'}")
+
+    try:
+        webui.wait_ready()
+        off_scripts = {}
+        if "dp" in peers:
+            off_scripts[client.title("dynamic prompts")] = {"args": [False]}  # on by default: off unless asked
+        client.txt2img("warmup", "a warm-up image", {"Follow the Flow": {"args": FTF_OFF}, **off_scripts})
+
+        if "rp" in peers:
+            rp = client.title("regional prompter")  # noqa: F841 (read by the rows below)
+
+            def rp_row(calc: str, separator: str, prompt: str = RP_REGIONS, batch: int = 1):
+                def compare():
+                    prompt_ = prompt.replace("BREAK", separator)
+                    name = f"rp-{calc}-{separator}-b{batch}"
+                    scripts = {rp: {"args": rp_args(calc)}, **off_scripts}
+                    off = client.txt2img(
+                        f"{name}-off",
+                        prompt_,
+                        {**scripts, "Follow the Flow": {"args": FTF_OFF}},
+                        batch_size=batch,
+                        size=128,
+                    )
+                    on = client.txt2img(
+                        name,
+                        prompt_,
+                        {**scripts, "Follow the Flow": {"args": FTF_ON}},
+                        [[["bats", "bats"]]] * batch,
+                        batch_size=batch,
+                        size=128,
+                    )
+                    ok, worst, detail = rows_ok(on["probe"])
+                    named = all(patched_in(text) == ["bats"] for text in on["infotexts"][:batch])
+                    pixels = max(webui.difference(a, b) for a, b in zip(off["images"], on["images"]))
+                    warned_log = any("Regional Prompter" in line for line in ftf_lines(on["log"]))
+                    warned_info = all(
+                        re.search(r"FtF[^:,]*: [^\n]*Regional Prompter", text) for text in on["infotexts"][:batch]
+                    )
+                    rp_active = "RP Active: True" in on["infotexts"][0]
+                    detail = (
+                        f"RP active in infotext: {rp_active}; {detail}; infotext FtF patched: "
+                        f"{[patched_in(text) for text in on['infotexts'][:batch]]}; image FtF on vs off: {pixels}; "
+                        f"warning naming Regional Prompter: log {warned_log}, infotext {warned_info}; " + diagnosis(on)
+                    )
+                    patched_ok = ok and named and pixels > 0
+                    stepped_aside = warned_log and warned_info and pixels == 0
+                    return rp_active and (patched_ok or stepped_aside), worst, detail
+
+                return compare
+
+            row("rp", "RP Attention, BREAK regions: ~bats~ patched in its region", rp_row("Attention", "BREAK"))
+            row("rp", "RP Attention, ADDCOL regions: ~bats~ patched", rp_row("Attention", "ADDCOL"))
+            row("rp", "RP Latent, BREAK: rows patched + named, or a warning", rp_row("Latent", "BREAK"))
+            row("rp", "RP Latent, ADDCOL: rows patched + named, or a warning", rp_row("Latent", "ADDCOL"))
+            row(
+                "rp",
+                "RP Latent, item in region 2, batch 2: patched + named, or a warning",
+                rp_row("Latent", "BREAK", "a bright full moon over a lake BREAK a dark cave with ~bats~", 2),
+            )
+
+        if "dp" in peers:
+            dp = client.title("dynamic prompts")
+
+            def dp_row(name: str, prompt: str, items: list[list[str]]):
+                def compare():
+                    scripts = {dp: {"args": [True, True]}, "Follow the Flow": {"args": FTF_ON}}
+                    on = client.txt2img(name, prompt, scripts, [[[i, i] for i in own] for own in items], batch_size=2)
+                    ok, worst, detail = rows_ok(on["probe"])
+                    found = on["probe"] or {}
+                    named = [patched_in(text) for text in on["infotexts"][:2]]
+                    wanted = [sorted(own) for own in items]
+                    expanded = found.get("all_prompts", [])
+                    kept = len(expanded) == 2 and all(f"~{own[0]}~" in text for own, text in zip(items, expanded))
+                    distinct = len(set(found.get("prompts", []))) == 2
+                    detail = (
+                        f"expanded all_prompts {expanded} (markers kept: {kept}); encoded {found.get('prompts')}; "
+                        f"{detail}; infotexts FtF patched {named} (want {wanted}); FtF log: "
+                        f"{ftf_lines(on['log']) or 'nothing'}"
+                    )
+                    return ok and named == wanted and kept and distinct, worst, detail
+
+                return compare
+
+            row(
+                "dp",
+                "DP combinatorial {red|blue} car, ~bats~ (batch 2): each image patched",
+                dp_row("dp-variants", "a {red|blue} car, ~bats~", [["bats"], ["bats"]]),
+            )
+            row(
+                "dp",
+                "DP variants + wildcard (batch 2): each infotext names its own item",
+                dp_row("dp-wildcard", "{a red car, ~bats~|a blue car, __ftfpet__}", [["bats"], ["sleeping cat"]]),
+            )
+
+        if "cutoff" in peers:
+            # Cutoff works on comma-separated blocks: a target's block keeps it, the other targets' blocks are padded
+            prompt = "a ~red car~, ~blue bats~, a green sky"
+            items = [["red car", "red car"], ["blue bats", "blue bats"]]
+
+            def cutoff_row():
+                cut = {client.title("Cutoff"): {"args": [True, "red, blue", 0.5, True, False, "", "Lerp", False]}}
+                cut_off = {client.title("Cutoff"): {"args": [False]}}
+                # Cutoff changes the encoder's output through a forward hook, outside the WebUI's cond cache key:
+                # a run with the same prompt reuses the conds of the run before it, Cutoff's or not. A run with
+                # another prompt in between replaces the one cached entry.
+                runs = {}
+                for name, cutoff, ftf in (
+                    ("neither", cut_off, FTF_OFF),
+                    ("cutoff", cut, FTF_OFF),
+                    ("ftf", cut_off, FTF_ON),
+                    ("both", cut, FTF_ON),
+                ):
+                    client.txt2img(
+                        f"cutoff-flush-{name}",
+                        "a cache flush",
+                        {**cut_off, **off_scripts, "Follow the Flow": {"args": FTF_OFF}},
+                    )
+                    spec_images = [items] if ftf is FTF_ON else None
+                    runs[name] = client.txt2img(
+                        f"cutoff-{name}",
+                        prompt,
+                        {**cutoff, **off_scripts, "Follow the Flow": {"args": ftf}},
+                        spec_images,
+                    )
+                both = runs["both"]
+                ok, worst, detail = rows_ok(both["probe"])
+                named = patched_in(both["infotexts"][0]) == ["blue bats", "red car"]
+                pixels = {
+                    f"{a} vs {b}": webui.difference(runs[a]["images"][0], runs[b]["images"][0])
+                    for a, b in (("neither", "cutoff"), ("neither", "ftf"), ("cutoff", "both"), ("ftf", "both"))
+                }
+                cut_active = "Cutoff enabled: True" in both["infotexts"][0]
+                sensitive = pixels["neither vs cutoff"] > 0 and pixels["neither vs ftf"] > 0
+                if pixels["ftf vs both"] == 0:
+                    outcome = "FtF supersedes Cutoff: its rows replace Cutoff's on the shared items (both = FtF alone)"
+                elif pixels["cutoff vs both"] == 0:
+                    outcome = "Cutoff supersedes FtF (both = Cutoff alone)"
+                else:
+                    outcome = "they compose: both differs from each alone"
+                detail = (
+                    f"OUTCOME: {outcome}, with no word in the log; both on: Cutoff in infotext {cut_active}, "
+                    f"FtF named {patched_in(both['infotexts'][0])}; {detail} (the probe's encodes pass through "
+                    f"Cutoff's hook too); pixels {pixels}; FtF log: {ftf_lines(both['log']) or 'nothing'}"
+                )
+                # the row checks that nothing breaks and records the outcome; it does not judge which should win
+                good = ok and named and cut_active and sensitive and "Traceback" not in both["log"]
+                return good, worst, detail
+
+            row("cutoff", "Cutoff targets red, blue + FtF ~red car~, ~blue bats~: no break, outcome", cutoff_row)
+    finally:
+        peak = webui.server.peak_mb()
+        webui.server.stop()
+        spec.unlink(missing_ok=True)
+        remove_peers(host_dir)
+        remove_copies(host_dir)
+    text = webui.server.log.read_text(encoding="utf-8", errors="replace")
+    errors = [
+        line for line in text.splitlines() if "Error loading script" in line or "Error running install.py" in line
+    ]
+    rows.append(
+        Row(
+            host,
+            "sd15",
+            "all",
+            "server log: every extension loaded, no traceback",
+            "Traceback" not in text and not errors,
+            None,
+            peak,
+            None,
+            f"{text.count('Traceback')} tracebacks, script/install errors {errors[:3]} in {webui.server.log.name}",
+        )
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beside_a1111", description=__doc__.splitlines()[0])
+    parser.add_argument("--host-dir", required=True, type=Path)
+    parser.add_argument("--deps", type=Path)
+    parser.add_argument("--python", required=True)
+    for key, name in PEER_FOLDERS.items():
+        parser.add_argument(f"--{key}", type=Path, metavar="DIR", help=f"an exported tree of {name}")
+    parser.add_argument(
+        "--extension-from",
+        type=Path,
+        metavar="DIR",
+        help="install the extension from this tree (a copy of the checkout with a fix applied)",
+    )
+    parser.add_argument(
+        "--only", metavar="LIST", help="comma-separated peers to place (rp,dp,cutoff): the others are left out"
+    )
+    args = parser.parse_args(argv)
+    if args.only:
+        for key in set(PEER_FOLDERS) - {name.strip() for name in args.only.split(",")}:
+            setattr(args, key, None)
+    args.host_dir = args.host_dir.resolve()
+    started = time.perf_counter()
+    try:
+        rows = check(args)
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc()
+        rows = [Row("a1111", "sd15", "-", "setup", False, detail=f"{type(error).__name__}: {error}")]
+    print(table(rows))
+    print(f"\n{sum(bool(row.ok) for row in rows)} of {len(rows)} rows passed in {time.perf_counter() - started:.0f} s")
+    return exit_status(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
