@@ -37,6 +37,11 @@ logger = logging.getLogger("follow_the_flow")
 
 STATE_ATTR = "follow_the_flow_state"
 PATCHED_LABEL = "FtF patched"  # infotext: the items patched (informational, not restored)
+CUTOFF_LABEL = "Cutoff enabled"  # hnmr293/sd-webui-cutoff's infotext entry, set in its `process`
+CUTOFF_NOTE = (
+    "Cutoff is on too: each item Follow the Flow patched has its encoding alone on its rows, in place of Cutoff's "
+    "there; every other row keeps Cutoff's"
+)
 SUPPORTED_FAMILIES = ("is_sd1", "is_sd2", "is_sdxl", "is_ssd")
 _said: set[str] = set()
 # Encoders and their patchers live across generations, keyed by the model and what its text transformers
@@ -277,6 +282,8 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
             at += [item for item in items if item not in at]
         if any(state.patched.values()):
             p.extra_generation_params[PATCHED_LABEL] = state.patched_infotext
+        if any(state.patched_at.values()) and p.extra_generation_params.get(CUTOFF_LABEL):
+            state.note(CUTOFF_NOTE)  # both change the same rows: say which one the sampler gets
         if result.problems:  # the same problems come back in every pass and batch: one line per generation
             state.note("in part: " + "; ".join(dict.fromkeys(result.problems)))
         if state.args.show_report:

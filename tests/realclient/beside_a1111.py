@@ -17,13 +17,14 @@ Rows:
   alone, every other row as the WebUI encoded it, the image changed, the infotext names the item.
 - Regional Prompter, Latent mode (`BREAK`, `ADDCOL`, the item in region 2 with a batch of 2): the same, OR Follow
   the Flow steps aside (image unchanged) with a warning naming Regional Prompter in the log and the infotext.
-  As of 2026-12-05 the rows are patched but no infotext names the item: these rows and Attention + `ADDCOL` fail.
+  (Regional Prompter writes the typed prompts back into `p.all_prompts` in `process_batch`: the infotext must
+  still name the items, which it did not before 2026-12-05.)
 - Dynamic Prompts, combinatorial, batch of 2, `{..|..}` and a wildcard: every image's own cond patched, markers
   kept through the expansion, every image's infotext names its own items. Its snapshot needs a settings
   workaround (`dp_settings_file`).
 - Cutoff with targets = the marked items: nothing breaks (rows consistent, items named, Cutoff active and able to
-  change the image alone), and the detail records which one wins (as of 2026-12-05: Follow the Flow replaces
-  Cutoff's rows on the shared items, so both on = Follow the Flow alone, silently).
+  change the image alone), the log says whose rows the patched items get (Follow the Flow's encoding alone), and
+  the detail records which one wins in pixels.
 Exit status as `run.py`'s: 0 all passed, 1 a row failed.
 """
 
@@ -456,13 +457,14 @@ def check(args) -> list[Row]:
                     outcome = "Cutoff supersedes FtF (both = Cutoff alone)"
                 else:
                     outcome = "they compose: both differs from each alone"
+                stated = "Cutoff is on too" in both["log"]  # the glue's one line saying whose rows the items get
                 detail = (
-                    f"OUTCOME: {outcome}, with no word in the log; both on: Cutoff in infotext {cut_active}, "
+                    f"OUTCOME: {outcome}, stated in the log: {stated}; both on: Cutoff in infotext {cut_active}, "
                     f"FtF named {patched_in(both['infotexts'][0])}; {detail} (the probe's encodes pass through "
                     f"Cutoff's hook too); pixels {pixels}; FtF log: {ftf_lines(both['log']) or 'nothing'}"
                 )
-                # the row checks that nothing breaks and records the outcome; it does not judge which should win
-                good = ok and named and cut_active and sensitive and "Traceback" not in both["log"]
+                # nothing breaks, and the outcome is said in the log (README: Follow the Flow's rows on its items)
+                good = ok and named and cut_active and sensitive and stated and "Traceback" not in both["log"]
                 return good, worst, detail
 
             row("cutoff", "Cutoff targets red, blue + FtF ~red car~, ~blue bats~: no break, outcome", cutoff_row)

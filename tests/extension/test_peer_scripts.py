@@ -1,4 +1,6 @@
-"""Another always-on script that rewrites the prompts around ours: Regional Prompter
+"""Other always-on scripts beside ours.
+
+Regional Prompter rewrites the prompts around ours
 (hako-mikan/sd-webui-regional-prompter, scripts/rp.py), imitated in the order the real WebUI runs it (after
 Follow the Flow):
 - `process`: saves `p.all_prompts`, then rewrites them: region keys -> `BREAK`, and in Latent mode `BREAK` ->
@@ -10,6 +12,8 @@ A1111 1.10.1: the infotext was keyed by the encoded text and named nothing).
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -75,3 +79,34 @@ def test_items_named_when_a_peer_rewrites_all_prompts(calc, separator, part):
     for text in res.infotexts:
         assert "FtF patched: bats" in text, text
     assert not errors.reported
+
+
+class CutoffStandIn(scripts.Script):
+    """hnmr293/sd-webui-cutoff as far as we meet it: its `process` hooks the text encoder (not imitated: its
+    rows are the WebUI's here) and says so in the infotext."""
+
+    def title(self):
+        return "Cutoff stand-in"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        import gradio as gr
+
+        return [gr.Checkbox(False, label="Enabled")]
+
+    def process(self, p, enabled):
+        if enabled:
+            p.extra_generation_params.update({"Cutoff enabled": True, "Cutoff targets": ["red", "blue"]})
+
+
+@pytest.mark.parametrize("cutoff", [True, False])
+def test_beside_cutoff_the_patched_items_rows_are_ours_and_the_log_says_so(cutoff, caplog):
+    webui = make_webui("sd1")
+    webui.add_script(CutoffStandIn)
+    webui.build_ui()
+    with caplog.at_level(logging.WARNING, logger="follow_the_flow"):
+        res = webui.txt2img(prompt="a red car, ~blue bats~", alwayson={**on(), "Cutoff stand-in": [cutoff]})
+    assert "FtF patched: blue bats" in res.infotexts[0]
+    assert caplog.text.count("Cutoff is on too") == (1 if cutoff else 0)
