@@ -59,6 +59,7 @@ from host_common import (  # noqa: E402
     REPO,
     Row,
     Server,
+    checked_row,
     checkout_files,
     exit_status,
     free_port,
@@ -299,25 +300,8 @@ def check(args) -> list[Row]:
     rows: list[Row] = []
 
     def row(peer: str, name: str, function) -> None:
-        began = time.perf_counter()
-        try:
-            ok, diff, detail = function()
-        except Exception as error:  # a failed request fails its row; the next rows still run
-            ok, diff, detail = False, None, f"{type(error).__name__}: {error}"
-        rows.append(
-            Row(
-                host,
-                "sd15",
-                peers.get(peer, peer),
-                name,
-                ok,
-                diff,
-                webui.server.peak_mb(),
-                time.perf_counter() - began,
-                detail,
-            )
-        )
-        say(f"{name}: {'PASS' if ok else 'FAIL'}")
+        rows.append(checked_row(host, "sd15", peers.get(peer, peer), name, function, webui.server))
+        say(f"{name}: {'PASS' if rows[-1].ok else 'FAIL'}")
 
     try:
         webui.wait_ready()

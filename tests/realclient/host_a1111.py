@@ -32,6 +32,7 @@ from host_common import (
     Row,
     Server,
     analyze,
+    checked_row,
     checkout_files,
     free_port,
     freeze_row,
@@ -277,24 +278,7 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
     model_type = "?"  # read from the log at the end
 
     def row(check_name: str, function) -> None:
-        began = time.perf_counter()
-        try:
-            ok, diff, detail = function()
-        except Exception as error:  # a failed request fails its row; the next rows still run
-            ok, diff, detail = False, None, f"{type(error).__name__}: {error}"
-        rows.append(
-            Row(
-                host,
-                family,
-                model_type,
-                check_name,
-                ok,
-                diff,
-                webui.server.peak_mb(),
-                time.perf_counter() - began,
-                detail,
-            )
-        )
+        rows.append(checked_row(host, family, model_type, check_name, function, webui.server))
 
     try:
         webui.wait_ready()

@@ -28,6 +28,7 @@ from host_common import (
     Row,
     Server,
     analyze,
+    checked_row,
     checkout_files,
     free_port,
     freeze_row,
@@ -276,14 +277,7 @@ def server_checks(host, family, model_type, python, host_dir, names, out) -> lis
     rows: list[Row] = []
 
     def row(check: str, function) -> None:
-        started = time.perf_counter()
-        try:
-            ok, diff, detail = function()
-        except Exception as error:  # a failed request fails its row; the next rows still run
-            ok, diff, detail = False, None, f"{type(error).__name__}: {error}"
-        rows.append(
-            Row(host, family, model_type, check, ok, diff, server.peak_mb(), time.perf_counter() - started, detail)
-        )
+        rows.append(checked_row(host, family, model_type, check, function, server))
 
     ckpt, lora = names
     images = Images(url, python, out)

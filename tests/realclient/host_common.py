@@ -33,6 +33,17 @@ class Row:
     detail: str = ""
 
 
+def checked_row(host: str, family: str, detected: str, check: str, function, server: Server) -> Row:
+    """Run one check (`function() -> (ok, max difference, detail)`) and time it; an exception fails only this row,
+    with its message, so the next rows still run."""
+    began = time.perf_counter()
+    try:
+        ok, diff, detail = function()
+    except Exception as error:
+        ok, diff, detail = False, None, f"{type(error).__name__}: {error}"
+    return Row(host, family, detected, check, ok, diff, server.peak_mb(), time.perf_counter() - began, detail)
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return "-"
