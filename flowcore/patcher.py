@@ -256,7 +256,8 @@ class FlowPatcher:
             prompts.append((layout, scratch._placed(scratch._segment(marked, scoring_only), layout)))
 
         # 2. and 3. Encode a batch of prompts at a time; keep their items' vectors and their token rows.
-        logger.info("Calibrating the text encoder on %d prompts (cache key %s)", len(prompts), key)
+        # the front ends say this once each (`calibration_progress`, `flowcore.progress`): a debug line here
+        logger.debug("Calibrating the text encoder on %d prompts (cache key %s)", len(prompts), key)
         started = time.perf_counter()
         progress = self.calibration_progress or _no_progress
         progress(0, len(prompts))
@@ -273,7 +274,7 @@ class FlowPatcher:
         # 4. Fit and cache.
         fitted = calibration.fit(torch.cat(token_rows), samples, key)
         calibration.store(fitted)
-        logger.info("Calibrated in %.1f s; cached in %s", time.perf_counter() - started, calibration.cache_dir())
+        logger.debug("Calibrated in %.1f s; cached in %s", time.perf_counter() - started, calibration.cache_dir())
         return fitted
 
     @_locked

@@ -39,3 +39,10 @@ def test_a_calibration_logs_one_line_when_it_starts_and_its_time_when_done(clips
         conditioning._PATCHERS.clear()
         conditioning.encode(clips["sd1"], PROMPT, FlowOptions())  # a new patcher reads the disk cache
     assert len(calibration_lines(caplog)) == 2
+
+
+def test_a_calibration_is_logged_once_where_every_logger_shows_info(clips, fresh_calibration, caplog):
+    """ComfyUI's root logger shows INFO: the core's own calibration lines must not repeat the node's."""
+    with caplog.at_level(logging.INFO):
+        conditioning.encode(clips["sd1"], PROMPT, FlowOptions())
+    assert len([r for r in caplog.records if "alibrat" in r.getMessage()]) == 2
