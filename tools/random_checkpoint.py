@@ -8,13 +8,16 @@ detection classifies them as that family:
 | family | files | status |
 |---|---|---|
 | sd15 | `sd15-random.safetensors`: one file in the original (ldm) layout, fp16, 1143 keys, about 2.1 GB | done |
-| sd2, sdxl, sd35, flux-dev, flux-schnell, chroma | | not implemented yet (exit status 2) |
+| sd2 | `sd2-random.safetensors`: SD 2.1 768-v (`v2-inference-v.yaml`), OpenCLIP-H, fp16, 1240 keys, 2.6 GB | done |
+| sdxl | `sdxl-random.safetensors`: SDXL base (`sd_xl_base.yaml`), CLIP-L + OpenCLIP-G, fp16, 2515 keys, 6.9 GB | done |
+| sd35, flux-dev, flux-schnell, chroma | split files: see `tools/checkpoints/dit.py` | done |
 
 The layouts live in `tools/checkpoints/` (one module a model family, `common.py` for what they share). The noise
 schedule's buffers hold the real values (scaled-linear betas, 0.00085..0.012, 1000 steps) in fp32. `--lora` also
 writes `<family>-random-lora.safetensors`: a rank-4 LoRA in the kohya key format (`lora_te_...`, `lora_unet_...`)
-on every text-encoder projection and the UNet's attention projections, strong enough to change the text encoder's
-output visibly. Needs torch and safetensors (the repository's `.venv` has both).
+on every text-encoder projection (SDXL: `lora_te1_`, `lora_te2_`) and the UNet's attention projections (SDXL: the
+first block of each transformer), strong enough to change the text encoder's output visibly. Needs torch and
+safetensors (the repository's `.venv` has both).
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from checkpoints import ldm
+from checkpoints import dit, ldm, sdxl
 
 FAMILIES = ("sd15", "sd2", "sdxl", "sd35", "flux-dev", "flux-schnell", "chroma")
 WRITERS: dict[str, Callable[[Path, int, bool], list[Path]]] = {  # family -> writer(out, seed, lora) -> files
     "sd15": ldm.write_sd15,
+    "sd2": ldm.write_sd2,
+    "sdxl": sdxl.write_sdxl,
+    "sd35": dit.write_sd35,
+    "flux-dev": dit.write_flux_dev,
+    "flux-schnell": dit.write_flux_schnell,
+    "chroma": dit.write_chroma,
 }
 
 

@@ -1,9 +1,10 @@
-"""The latent-diffusion (ldm) families' parts in their original single-file key names: SD 1.x's UNet, the KL
-autoencoder, CLIP ViT-L/14's text tower (transformers names), the DDPM schedule buffers, and SD 1.5's layout and
-LoRA modules.
+"""The latent-diffusion (ldm) families' parts in their original single-file key names: the SD 1.x / 2.x UNet, the
+KL autoencoder, CLIP ViT-L/14's text tower (transformers names), OpenCLIP's text tower (open_clip names), the DDPM
+schedule buffers, and the layouts and LoRA modules of SD 1.5 and SD 2.1 (768-v).
 
 The key names and shapes are written out from the architectures' published configurations (the
-`v1-inference.yaml` of CompVis' latent diffusion, OpenAI's CLIP ViT-L/14 text tower); nothing is read from a host.
+`v1-inference.yaml` and `v2-inference-v.yaml` of latent diffusion, OpenAI's CLIP ViT-L/14 and OpenCLIP's ViT-H/14
+text towers); nothing is read from a host.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from checkpoints.common import Tensor, conv, linear, norm, write_checkpoint, wri
 # --- SD 1.x UNet (ldm `openaimodel.UNetModel`, v1-inference.yaml) -------------------------------------------------
 
 
-def _res_block(key: str, inp: int, out: int, emb: int) -> Iterator[Tensor]:
+def res_block(key: str, inp: int, out: int, emb: int) -> Iterator[Tensor]:
+    """A UNet `ResBlock` with its time embedding projection (and a 1x1 skip when the channels change)."""
     yield from norm(f"{key}.in_layers.0", inp)
     yield from conv(f"{key}.in_layers.2", out, inp, 3)
     yield from linear(f"{key}.emb_layers.1", out, emb)
@@ -27,25 +29,36 @@ def _res_block(key: str, inp: int, out: int, emb: int) -> Iterator[Tensor]:
         yield from conv(f"{key}.skip_connection", out, inp, 1)
 
 
-def _spatial_transformer(key: str, channels: int, context: int) -> Iterator[Tensor]:
-    """A `SpatialTransformer` of depth 1 with 1x1 convolutions in and out (SD 1.x)."""
+def _projection(key: str, channels: int, linear_proj: bool) -> Iterator[Tensor]:
+    if linear_proj:
+        yield from linear(key, channels, channels)
+    else:
+        yield from conv(key, channels, channels, 1)
+
+
+def spatial_transformer(
+    key: str, channels: int, context: int, linear_proj: bool = False, depth: int = 1
+) -> Iterator[Tensor]:
+    """A `SpatialTransformer`: 1x1 convolutions in and out (SD 1.x) or linear ones (SD 2.x, SDXL), `depth` blocks."""
     yield from norm(f"{key}.norm", channels)
-    yield from conv(f"{key}.proj_in", channels, channels, 1)
-    block = f"{key}.transformer_blocks.0"
-    for attention, source in (("attn1", channels), ("attn2", context)):
-        yield from linear(f"{block}.{attention}.to_q", channels, channels, bias=False)
-        yield from linear(f"{block}.{attention}.to_k", channels, source, bias=False)
-        yield from linear(f"{block}.{attention}.to_v", channels, source, bias=False)
-        yield from linear(f"{block}.{attention}.to_out.0", channels, channels)
-    yield from linear(f"{block}.ff.net.0.proj", channels * 8, channels)  # GEGLU: two halves of 4x
-    yield from linear(f"{block}.ff.net.2", channels, channels * 4)
-    for name in ("norm1", "norm2", "norm3"):
-        yield from norm(f"{block}.{name}", channels)
-    yield from conv(f"{key}.proj_out", channels, channels, 1)
+    yield from _projection(f"{key}.proj_in", channels, linear_proj)
+    for index in range(depth):
+        block = f"{key}.transformer_blocks.{index}"
+        for attention, source in (("attn1", channels), ("attn2", context)):
+            yield from linear(f"{block}.{attention}.to_q", channels, channels, bias=False)
+            yield from linear(f"{block}.{attention}.to_k", channels, source, bias=False)
+            yield from linear(f"{block}.{attention}.to_v", channels, source, bias=False)
+            yield from linear(f"{block}.{attention}.to_out.0", channels, channels)
+        yield from linear(f"{block}.ff.net.0.proj", channels * 8, channels)  # GEGLU: two halves of 4x
+        yield from linear(f"{block}.ff.net.2", channels, channels * 4)
+        for name in ("norm1", "norm2", "norm3"):
+            yield from norm(f"{block}.{name}", channels)
+    yield from _projection(f"{key}.proj_out", channels, linear_proj)
 
 
-def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768) -> Iterator[Tensor]:
-    """SD 1.x's UNet: 320 channels, multipliers 1, 2, 4, 4, two res blocks a level, attention on the first three."""
+def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768, linear_proj: bool = False) -> Iterator[Tensor]:
+    """SD 1.x's UNet (also SD 2.x's, with `context` 1024 and `linear_proj`): 320 channels, multipliers 1, 2, 4, 4, two
+    res blocks a level, attention on the first three."""
     base, mults, attention_levels, emb = 320, (1, 2, 4, 4), (0, 1, 2), 1280
     yield from linear(f"{prefix}time_embed.0", emb, base)
     yield from linear(f"{prefix}time_embed.2", emb, emb)
@@ -53,28 +66,28 @@ def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768) -> Iter
     skips, channels, index = [base], base, 1
     for level, mult in enumerate(mults):
         for _ in range(2):
-            yield from _res_block(f"{prefix}input_blocks.{index}.0", channels, base * mult, emb)
+            yield from res_block(f"{prefix}input_blocks.{index}.0", channels, base * mult, emb)
             channels = base * mult
             if level in attention_levels:
-                yield from _spatial_transformer(f"{prefix}input_blocks.{index}.1", channels, context)
+                yield from spatial_transformer(f"{prefix}input_blocks.{index}.1", channels, context, linear_proj)
             skips.append(channels)
             index += 1
         if level != len(mults) - 1:
             yield from conv(f"{prefix}input_blocks.{index}.0.op", channels, channels, 3)
             skips.append(channels)
             index += 1
-    yield from _res_block(f"{prefix}middle_block.0", channels, channels, emb)
-    yield from _spatial_transformer(f"{prefix}middle_block.1", channels, context)
-    yield from _res_block(f"{prefix}middle_block.2", channels, channels, emb)
+    yield from res_block(f"{prefix}middle_block.0", channels, channels, emb)
+    yield from spatial_transformer(f"{prefix}middle_block.1", channels, context, linear_proj)
+    yield from res_block(f"{prefix}middle_block.2", channels, channels, emb)
     index = 0
     for level, mult in reversed(list(enumerate(mults))):
         for block in range(3):
             key = f"{prefix}output_blocks.{index}"
-            yield from _res_block(f"{key}.0", channels + skips.pop(), base * mult, emb)
+            yield from res_block(f"{key}.0", channels + skips.pop(), base * mult, emb)
             channels = base * mult
             layer = 1
             if level in attention_levels:
-                yield from _spatial_transformer(f"{key}.1", channels, context)
+                yield from spatial_transformer(f"{key}.1", channels, context, linear_proj)
                 layer = 2
             if level and block == 2:
                 yield from conv(f"{key}.{layer}.conv", channels, channels, 3)
@@ -151,6 +164,36 @@ def clip_text(prefix: str, width: int = 768, layers: int = 12, vocab: int = 4940
     yield Tensor(f"{prefix}final_layer_norm.bias", (width,), "final_norm_bias")
 
 
+# --- OpenCLIP's text tower (open_clip `CLIP` names, its vision tower removed) ----------------------------------------
+
+
+def open_clip_text(prefix: str, width: int, layers: int, vocab: int = 49408) -> Iterator[Tensor]:
+    """OpenCLIP's text transformer (ViT-H/14: 1024 wide, 24 layers; ViT-bigG/14: 1280, 32): 77 positions, fused
+    q/k/v `in_proj`, MLP 4x, final LayerNorm, a square text projection and the logit scale."""
+    yield Tensor(f"{prefix}positional_embedding", (77, width))
+    yield Tensor(f"{prefix}text_projection", (width, width))
+    yield Tensor(f"{prefix}logit_scale", (), "buffer")
+    yield Tensor(f"{prefix}token_embedding.weight", (vocab, width))
+    for layer in range(layers):
+        key = f"{prefix}transformer.resblocks.{layer}"
+        yield from norm(f"{key}.ln_1", width)
+        yield Tensor(f"{key}.attn.in_proj_weight", (3 * width, width))
+        yield Tensor(f"{key}.attn.in_proj_bias", (3 * width,), "bias")
+        yield from linear(f"{key}.attn.out_proj", width, width)
+        yield from norm(f"{key}.ln_2", width)
+        yield from linear(f"{key}.mlp.c_fc", width * 4, width)
+        yield from linear(f"{key}.mlp.c_proj", width, width * 4)
+    yield Tensor(f"{prefix}ln_final.weight", (width,), "norm")
+    yield Tensor(f"{prefix}ln_final.bias", (width,), "final_norm_bias")
+
+
+def logit_scale(key: str) -> dict:
+    """CLIP's trained-from value of the logit scale, log(1 / 0.07), as a buffer value for `key`."""
+    import torch
+
+    return {key: torch.tensor(math.log(1 / 0.07), dtype=torch.float16)}
+
+
 SCHEDULE_BUFFERS = (
     "betas",
     "alphas_cumprod",
@@ -199,19 +242,28 @@ def sd15_layout() -> list[Tensor]:
     return tensors + [Tensor(name, (1000,), "buffer") for name in SCHEDULE_BUFFERS]
 
 
-def sd1_lora_layout(rank: int = 4) -> list[tuple[str, int, int]]:
-    """Kohya LoRA modules of SD 1.x as `(name, in, out)`: CLIP-L's projections and the UNet's attention."""
+def text_lora_modules(prefix: str, width: int, layers: int) -> list[tuple[str, int, int]]:
+    """Kohya LoRA modules `(name, in, out)` of a CLIP text tower, in kohya's (transformers) names under `prefix`
+    (`lora_te`, `lora_te1`, `lora_te2`): each layer's q, k, v, out projections and its MLP. The hosts map these
+    names onto OpenCLIP's fused `in_proj` and `c_fc` / `c_proj` themselves."""
     modules = []
-    for layer in range(12):
-        key = f"lora_te_text_model_encoder_layers_{layer}"
-        modules += [(f"{key}_self_attn_{p}_proj", 768, 768) for p in ("q", "k", "v", "out")]
-        modules += [(f"{key}_mlp_fc1", 768, 3072), (f"{key}_mlp_fc2", 3072, 768)]
+    for layer in range(layers):
+        key = f"{prefix}_text_model_encoder_layers_{layer}"
+        modules += [(f"{key}_self_attn_{p}_proj", width, width) for p in ("q", "k", "v", "out")]
+        modules += [(f"{key}_mlp_fc1", width, 4 * width), (f"{key}_mlp_fc2", 4 * width, width)]
+    return modules
+
+
+def sd1_lora_layout(context: int = 768, text_layers: int = 12) -> list[tuple[str, int, int]]:
+    """Kohya LoRA modules of SD 1.x (and, with `context` 1024 and 24 layers, SD 2.x) as `(name, in, out)`: the text
+    encoder's projections and the UNet's attention (diffusers block names)."""
+    modules = text_lora_modules("lora_te", context, text_layers)
     blocks = [(f"down_blocks_{level}_attentions_{n}", 320 * 2**level) for level in range(3) for n in range(2)]
     blocks += [("mid_block_attentions_0", 1280)]
     blocks += [(f"up_blocks_{level}_attentions_{n}", 1280 // 2 ** (level - 1)) for level in (1, 2, 3) for n in range(3)]
     for block, channels in blocks:
         key = f"lora_unet_{block}_transformer_blocks_0"
-        for attention, source in (("attn1", channels), ("attn2", 768)):
+        for attention, source in (("attn1", channels), ("attn2", context)):
             modules += [
                 (f"{key}_{attention}_to_q", channels, channels),
                 (f"{key}_{attention}_to_out_0", channels, channels),
@@ -228,4 +280,24 @@ def write_sd15(out: Path, seed: int, lora: bool) -> list[Path]:
     if lora:
         written.append(out / "sd15-random-lora.safetensors")
         write_lora(sd1_lora_layout(), written[-1], seed + 1)
+    return written
+
+
+def sd2_layout() -> list[Tensor]:
+    """Every key of an SD 2.1 768-v single file (`v2-inference-v.yaml`): UNet with context 1024 and linear
+    projections, VAE, OpenCLIP ViT-H/14's text tower, schedule."""
+    tensors = [*sd1_unet(context=1024, linear_proj=True), *kl_vae()]
+    tensors += open_clip_text("cond_stage_model.model.", 1024, 24)
+    return tensors + [Tensor(name, (1000,), "buffer") for name in SCHEDULE_BUFFERS]
+
+
+def write_sd2(out: Path, seed: int, lora: bool) -> list[Path]:
+    """`sd2-random.safetensors` (one file, `v2-1_768-ema-pruned` layout) and, with `lora`, its LoRA."""
+    path = out / "sd2-random.safetensors"
+    buffers = {**schedule(), **logit_scale("cond_stage_model.model.logit_scale")}
+    write_checkpoint(sd2_layout(), path, seed, buffers=buffers)
+    written = [path]
+    if lora:
+        written.append(out / "sd2-random-lora.safetensors")
+        write_lora(sd1_lora_layout(context=1024, text_layers=24), written[-1], seed + 1)
     return written
