@@ -8,6 +8,7 @@ What a CONDITIONING's rows hold, per family (ComfyUI 0.3.x, `clip.cond_stage_mod
 | SDXL | `SDXLClipModel` ("l", "g") | CLIP-L and CLIP-G side by side | CLIP (both halves) |
 | SD 3.5 | `SD3ClipModel` ("l", "g", "t5xxl") | L, G side by side, zero-padded to T5's width; then T5 | CLIP, T5 |
 | Flux | `FluxClipModel` ("l", "t5xxl") | T5 (CLIP-L gives the pooled vector only) | T5 |
+| Chroma, PixArt | `PixArtT5XXL` ("t5xxl") | T5, not padded; weights move toward an all-padding prompt | T5 |
 
 CLIP rows: items alone go through ComfyUI's own `CLIPTextModel` modules (its embedding table, layers and final
 norm, with the layer `CLIPSetLastLayer` chose), packed into one forward call per transformer at the positions
@@ -256,7 +257,7 @@ class ClipPart(_ComfyPart, TowerEncoder):
 
 
 class T5Part(_ComfyPart):
-    """ComfyUI's T5-XXL (SD 3.5, Flux) as a `flowcore.encoders.TextEncoder`: items alone are encoded as
+    """ComfyUI's T5-XXL (SD 3.5, Flux, Chroma) as a `flowcore.encoders.TextEncoder`: items alone are encoded as
     ComfyUI encodes a prompt of the item's tokens (end token, then padding to the tokenizer's minimum length)."""
 
     name = "T5"
@@ -410,4 +411,6 @@ def parts_for(clip) -> list[ClipPart | T5Part]:
         inner = getattr(model, model.clip, None)
         if _is_clip(inner):
             return [ClipPart(clip, [model.clip_name], [inner], [slice(0, _width(inner))])]
+        if _is_t5(inner):  # PixArt / Chroma (`pixart_t5.PixArtT5XXL`): T5-XXL alone, no pooled vector
+            return [T5Part(clip, model.clip_name, inner)]
     raise MappingError(f"the text encoder {type(model).__name__} is not one Follow the Flow knows")

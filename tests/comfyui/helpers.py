@@ -14,6 +14,7 @@ PARTS = {
     "sdxl": [("l", slice(0, 80), 1)],
     "sd3": [("l", slice(0, 80), 1), ("t5xxl", slice(0, 96), 0)],
     "flux": [("t5xxl", slice(0, 96), 0)],
+    "chroma": [("t5xxl", slice(0, 96), 0)],
 }
 
 
@@ -27,6 +28,11 @@ def _same(a, b) -> bool:
     if torch.is_tensor(a) or torch.is_tensor(b):
         return torch.is_tensor(a) and torch.is_tensor(b) and torch.equal(a, b)
     return a == b
+
+
+def same_pooled(a, b) -> bool:
+    """Pooled outputs bit-identical, or both absent (PixArt / Chroma have none)."""
+    return _same(a, b)
 
 
 def part_offsets(clip, family, text):

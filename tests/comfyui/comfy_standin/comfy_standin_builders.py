@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import comfy.sd
 import torch
 from comfy import sd1_clip, sdxl_clip
-from comfy.text_encoders import flux, sd2_clip, sd3_clip
+from comfy.text_encoders import flux, pixart_t5, sd2_clip, sd3_clip
 from tokenizers import processors
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
 
 
 def _clip_tokenizer():
@@ -55,6 +55,7 @@ TARGETS = {
     "sdxl": Target(sdxl_clip.SDXLClipModel, sdxl_clip.SDXLTokenizer),
     "sd3": Target(sd3_clip.sd3_clip(), sd3_clip.SD3Tokenizer),
     "flux": Target(flux.flux_clip(), flux.FluxTokenizer),
+    "chroma": Target(pixart_t5.pixart_te(), pixart_t5.PixArtTokenizer),
 }
 
 
@@ -71,7 +72,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_clip(family: str, seed: int = 0, embedding_directory: str | None = None, t5_min_length=None):
-    """A `comfy.sd.CLIP` of a family ("sd1", "sd2", "sdxl", "sd3", "flux") with tiny random weights."""
+    """A `comfy.sd.CLIP` of a family ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma") with tiny random weights."""
     target = TARGETS[family]
     data = {} if t5_min_length is None else {"t5xxl_min_length": t5_min_length}
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, tokenizer_data=data)

@@ -238,8 +238,8 @@ class ClipTokenWeightEncoder:
         weighted = any(entry[1] != 1.0 for section in token_weight_pairs for entry in section)
         longest = max((len(section) for section in sections), default=0)
         batch = list(sections)
-        if weighted or not sections:
-            batch.append(gen_empty_tokens(self.special_tokens, longest))
+        if weighted or not sections:  # a model may have its own empty prompt (PixArt / Chroma: padding only)
+            batch.append(getattr(self, "gen_empty_tokens", gen_empty_tokens)(self.special_tokens, longest))
         out = self.encode(batch)
         z, pooled = out[0], out[1]
         first_pooled = pooled[0:1].to(model_management.intermediate_device()) if pooled is not None else None
