@@ -11,6 +11,10 @@ The rows of `crossattn` may come from more than one encoder (Forge's SD 3.5: CLI
 The same cond objects live in the WebUI's class-level cond caches (and are shared between images with
 the same prompt and between `n_iter` batches), so every write is recorded in `PENDING` and undone after
 sampling: the caches never hold patched conds, and each distinct cond is patched once per pass.
+
+sd-webui-controlnet (Mikubill, `scripts/hook.py`) wraps `p.sample` and puts one row of +-1024 (its mark: cond
+or uncond) in front of every cond before the sampling hooks run; its UNet hook takes it off again. That row is
+not the prompt's: it is skipped, and the prompt's rows follow it.
 """
 
 from __future__ import annotations
@@ -68,14 +72,31 @@ def _writable(tensor: torch.Tensor):
 PENDING = Restorer()
 
 
+CONTROLNET_MARK = 1024.0  # sd-webui-controlnet's POSITIVE_MARK_TOKEN (its NEGATIVE one is -1024)
+
+
+def prompt_start(rows: torch.Tensor) -> int:
+    """Where the prompt's rows start in a cond `(rows, dim)`: 1 after ControlNet's mark row, else 0."""
+    if rows.shape[0] < 2:
+        return 0
+    off_mark = (rows[0].float().abs() - CONTROLNET_MARK).abs().mean()  # ControlNet's own test of its mark
+    return 1 if float(off_mark) < 1e-3 else 0
+
+
 @dataclass
 class Target:
     """One distinct cond to patch: its rows tensor, the line the WebUI encoded and the marked line."""
 
-    rows: torch.Tensor  # (rows, dim), a view into the WebUI's cond
+    cond: torch.Tensor  # (rows, dim), the WebUI's cond tensor (written, and remembered in `PENDING`)
+    start: int  # where the prompt's rows start in it (`prompt_start`)
     line: str  # the schedule text the WebUI encoded (markers stripped, emphasis syntax kept)
     marked_line: str  # the same text with the user's markers
     images: list[int] = field(default_factory=list)  # positions in the batch of the images that use it
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """The prompt's rows `(rows, dim)`, a view into `cond`."""
+        return self.cond[self.start :]
 
 
 @dataclass
@@ -147,8 +168,9 @@ def collect_targets(c, prompts: Sequence[str], marked: Sequence[str], steps_cand
                 if strip_markers(marked_line) != line:  # a marker across `[...]`: patch the line without them
                     problems.append(f"{line!r}: markers across `[...]` or `AND` boundaries are ignored")
                     marked_line = line
-                rows = _rows_of(entry.cond)
-                targets.setdefault(id(rows), Target(rows, line, marked_line)).images.append(image)
+                cond = _rows_of(entry.cond)
+                target = targets.setdefault(id(cond), Target(cond, prompt_start(cond), line, marked_line))
+                target.images.append(image)
     return list(targets.values())
 
 
@@ -218,7 +240,7 @@ def patch_pass(
     targets = collect_targets(c, prompts, marked, steps_candidates, result.problems)
     writes = []
     for target in targets:
-        if PENDING.is_patched(target.rows) or not needs_core(target, options):
+        if PENDING.is_patched(target.cond) or not needs_core(target, options):
             continue
         try:
             changed, values, reports = patch_target(target, parts, options)
@@ -230,7 +252,7 @@ def patch_pass(
             items = result.patched_items.setdefault(image, [])
             items += [item.text for report in reports for item in report.patched_items if item.text not in items]
         if len(changed):
-            writes.append((target.rows, changed, values))
+            writes.append((target.cond, changed + target.start, values))
     for rows, changed, values in writes:
         PENDING.write(rows, changed, values)
         result.patched_conds += 1

@@ -1,11 +1,13 @@
 """The WebUI script: one always-visible section in txt2img and img2img that patches the conditioning.
 
 Hooks, in the order the WebUI calls them during a generation:
-- `process`: read the arguments (UI, API, X/Y/Z overrides), write the infotext, check the model.
+- `process`: read the arguments (UI, API, X/Y/Z overrides), write the infotext, check the model, and
+  take part in ADetailer's inpaint passes (`adetailer`).
 - `process_batch`: remove the markers from the prompts the WebUI is about to encode (`p.prompts`,
   `p.hr_prompts`); `p.all_prompts` keeps them, so the saved infotext reproduces the image.
 - `process_before_every_sampling`: patch the conds of the pass about to run (first pass, hires pass).
-- `post_sample` / `postprocess`: put the original rows back, so the WebUI's cond caches stay clean.
+- `post_sample` / `postprocess`: put the original rows back, so the WebUI's cond caches stay clean
+  (and ADetailer's script list as it was).
 
 Nothing here may fail a generation: every hook catches its errors, logs ONE warning with the reason,
 and the image is generated unpatched.
@@ -23,7 +25,7 @@ from flowcore.options import FlowOptions
 from flowcore.patcher import FlowPatcher
 from flowcore.progress import CalibrationLog
 
-from . import a1111, forge, settings
+from . import a1111, adetailer, forge, settings
 from .args import ARG_TABLE, PREFIX, SPECS, TITLE, FlowArgs, paste_getter
 from .conditioning import PENDING, PassResult, patch_pass
 from .xyz import XYZ_ATTR
@@ -37,6 +39,11 @@ logger = logging.getLogger("follow_the_flow")
 
 STATE_ATTR = "follow_the_flow_state"
 PATCHED_LABEL = "FtF patched"  # infotext: the items patched (informational, not restored)
+REFINER_LABEL = "FtF refiner"  # infotext: the refiner's part of the sampling is unpatched
+REFINER_NOTE = (
+    "the refiner's conds are encoded at the switch, where no script hook runs: from the switch on, the image is "
+    "sampled with the refiner's unpatched conds"
+)
 CUTOFF_LABEL = "Cutoff enabled"  # hnmr293/sd-webui-cutoff's infotext entry, set in its `process`
 CUTOFF_NOTE = (
     "Cutoff is on too: each item Follow the Flow patched has its encoding alone on its rows, in place of Cutoff's "
@@ -99,6 +106,7 @@ class GenerationState:
     # other text into p.all_prompts (Regional Prompter puts its own original prompts back in process_batch)
     patched_at: dict[int, list[str]] = field(default_factory=dict)
     said: set[str] = field(default_factory=set)  # problems already logged in this generation
+    owner: int = 0  # id() of the `p` it was made for; a copy of that `p` carries it too
 
     def note(self, message: str) -> None:
         """Log a problem once per generation (not once per image, pass and sub-prompt)."""
@@ -204,10 +212,19 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
     # --- generation ---
 
     def process(self, p, *args):
+        from modules import shared
+
+        earlier = getattr(p, STATE_ATTR, None)
+        if earlier is not None and earlier.owner != id(p):
+            # a copy of a `p` already set up: ADetailer re-runs every `process` on one after its inpaint passes.
+            # Nothing to redo, and the infotext entries it shares with that `p` must stay.
+            return
         setattr(p, STATE_ATTR, None)
         try:
             PENDING.restore_all()  # rows left patched by a generation that failed mid-sampling
-            for key in [spec.label for spec in ARG_TABLE] + [PATCHED_LABEL]:
+            if not adetailer.is_inner(p):
+                adetailer.leave(shared.opts)  # put back by a generation that failed before `postprocess`
+            for key in [spec.label for spec in ARG_TABLE] + [PATCHED_LABEL, REFINER_LABEL]:
                 p.extra_generation_params.pop(key, None)  # the X/Y/Z plot shares this dict between cells
             flow_args = FlowArgs.from_values(args)
             overrides = getattr(p, XYZ_ATTR, None) or {}
@@ -215,12 +232,16 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
                 flow_args = flow_args.replace(**{k: v for k, v in overrides.items() if k in SPECS})
             if not flow_args.enabled:
                 return
-            state = GenerationState(flow_args, flow_args.flow_options())
+            state = GenerationState(flow_args, flow_args.flow_options(), owner=id(p))
             state.skip_reason = unsupported_reason(getattr(p, "sd_model", None))
             if state.skip_reason:
                 say_once(state.skip_reason, state.skip_reason)
             p.extra_generation_params.update(flow_args.infotext())
+            if not state.skip_reason and getattr(p, "refiner_checkpoint_info", None) is not None:
+                state.note(REFINER_NOTE)  # Follow the Flow steps aside for the refiner's part, and says so
+                p.extra_generation_params[REFINER_LABEL] = "unpatched"
             setattr(p, STATE_ATTR, state)
+            adetailer.join(p, shared.opts)  # ADetailer's inpaint passes run this script too
         except Exception as error:  # never fail a generation
             logger.warning("%s disabled for this generation: %s: %s", PREFIX, type(error).__name__, error)
             setattr(p, STATE_ATTR, None)
@@ -302,3 +323,9 @@ class FollowTheFlowScript(scripts.Script if scripts is not None else _ScriptBase
 
     def postprocess(self, p, processed, *args):
         PENDING.restore_all()
+        state: GenerationState | None = getattr(p, STATE_ATTR, None)
+        # not in ADetailer's own passes, nor for the copy of `p` it runs `postprocess` on before them
+        if not adetailer.is_inner(p) and (state is None or state.owner == id(p)):
+            from modules import shared
+
+            adetailer.leave(shared.opts)
