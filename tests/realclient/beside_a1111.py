@@ -36,8 +36,10 @@ import base64
 import json
 import re
 import shutil
+import struct
 import sys
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,11 +72,58 @@ from host_common import (  # noqa: E402
     run,
     say,
     table,
+    tolerance,
 )
 
-ATOL = 1e-5
 BESIDE_PROBE = "ftf-beside-probe"
-PEER_FOLDERS = {"rp": "sd-webui-regional-prompter", "dp": "sd-dynamic-prompts", "cutoff": "sd-webui-cutoff"}
+PEER_FOLDERS = {
+    "rp": "sd-webui-regional-prompter",
+    "dp": "sd-dynamic-prompts",
+    "cutoff": "sd-webui-cutoff",
+    "adetailer": "adetailer",
+    "controlnet": "sd-webui-controlnet",
+}
+# row groups (`--rows`): the peers' own, and the WebUI's features (no peer)
+FEATURES = ("img2img", "inpaint", "hires", "styles", "xyz", "pff", "refiner")
+GROUPS = (*PEER_FOLDERS, *FEATURES)
+STYLE = "ftf-moths"  # a saved style (in a styles file of the run) that adds a marked item
+AD_MODEL = "ftf-random-yolov8n.pt"
+CN_MODEL = "control_v11p_sd15_ftfrandom"
+# A random YOLOv8n detector for ADetailer, built by ultralytics from the architecture yaml it ships (the real
+# detectors are on a model hub); needs ultralytics in the WebUI's venv (ADetailer's own requirement).
+YOLO_BUILDER = """
+import sys, torch
+from ultralytics import YOLO
+torch.manual_seed(0)
+YOLO("yolov8n.yaml").save(sys.argv[1])
+"""
+# A random ControlNet of the SD 1.5 layout: sd-webui-controlnet's own `controlnet_default_config` and `ControlNet`
+# class (its `cldm.py`, on the WebUI's ldm), every weight drawn (its zero convolutions too, so a unit changes the
+# image), norms 1, biases 0, saved in fp16.
+CN_BUILDER = """
+import ast, re, sys, types, torch
+from safetensors.torch import save_file
+ext, host, out = sys.argv[1:4]
+repositories = host + "/repositories/"
+sys.path[:0] = [ext + "/scripts", repositories + "stable-diffusion-stability-ai", repositories + "generative-models"]
+devices = types.ModuleType("modules.devices")
+devices.dtype_unet = torch.float32
+sys.modules["modules"] = types.ModuleType("modules")
+sys.modules["modules"].devices = sys.modules["modules.devices"] = devices
+text = open(ext + "/scripts/controlnet_model_guess.py").read()
+config = ast.literal_eval(re.search(r"controlnet_default_config = (\\{.*?\\})\\n", text, re.S).group(1))
+config.update(use_fp16=False, hint_channels=3, context_dim=768, global_average_pooling=False)
+import cldm
+torch.manual_seed(0)
+with torch.no_grad():
+    model = cldm.ControlNet(**config)
+    for name, p in model.named_parameters():
+        if p.ndim == 1 and ("norm" in name or name.endswith(".bias")):
+            p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+        else:
+            p.normal_(0, 0.02)
+save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, out)
+"""
 FTF_ON = [True, "Markers only"]
 FTF_OFF = [False, "Markers only"]
 PREFIX = "[Follow the Flow]"
@@ -109,6 +158,21 @@ def rp_args(calc: str) -> list:
     ]
 
 
+def mask_png(size: int = 64, box: tuple[int, int, int, int] = (16, 16, 48, 48)) -> str:
+    """A black-and-white inpainting mask as a base64 PNG (white inside `box`), written with the standard library."""
+    rows = b"".join(
+        b"\0" + bytes(255 if box[0] <= x < box[2] and box[1] <= y < box[3] else 0 for x in range(size))
+        for y in range(size)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
 def peer_commit(tree: Path) -> str:
     marker = tree / ".peer-commit"
     return marker.read_text(encoding="utf-8").split()[0] if marker.exists() else "?"
@@ -138,6 +202,7 @@ class BesideWebUI(WebUI):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python, self.out, self.name, self.count = python, out, name, 0
+        self.switch_to = None  # `WebUI.wait_ready` reads it: no checkpoint switch here
         command = [python, "launch.py", *FLAGS, "--ckpt", str(checkpoint), "--port", str(self.port), *flags]
         self.server = Server(command, host_dir, launcher_env(out, **env), out / f"{name}.log")
 
@@ -175,12 +240,19 @@ class Client:
         batch_size=1,
         size=64,
         settings: dict | None = None,
+        endpoint: str = "txt2img",
+        keep: int | None = None,
+        **fields,
     ) -> dict:
-        """One generation; returns its images, infotexts, the probe's findings and the log lines it added."""
+        """One generation (`endpoint` txt2img or img2img, any other payload `fields`); returns its first `keep`
+        images (default: the batch), every infotext, the probe's findings and the log lines it added.
+        `spec_images`: the items of each image (a list), or the probe's whole spec (a dict, e.g. `{"items"}`)."""
         if spec_images is not None:
-            self.spec.write_text(json.dumps({"name": name, "images": spec_images}), encoding="utf-8")
+            spec = spec_images if isinstance(spec_images, dict) else {"images": spec_images}
+            self.spec.write_text(json.dumps({"name": name, **spec}), encoding="utf-8")
         else:
             self.spec.unlink(missing_ok=True)
+        (self.probe_out / f"{name}.json").unlink(missing_ok=True)
         start = self.log_size()
         payload = {
             "prompt": prompt,
@@ -194,11 +266,12 @@ class Client:
             "batch_size": batch_size,
             "alwayson_scripts": scripts,
             "override_settings": settings or {},
+            **fields,
         }
-        answer = http_json(f"{self.webui.url}/sdapi/v1/txt2img", payload, timeout=900)
+        answer = http_json(f"{self.webui.url}/sdapi/v1/{endpoint}", payload, timeout=900)
         info = json.loads(answer["info"])
         images = []
-        for n, data in enumerate(answer["images"][:batch_size]):
+        for n, data in enumerate(answer["images"][: keep or batch_size]):
             self.count += 1
             path = self.webui.out / f"{name}-{n}.png"
             path.write_bytes(base64.b64decode(data))
@@ -227,11 +300,44 @@ def rows_ok(found: dict) -> tuple[bool, float | None, str]:
     ok, worst, parts = True, 0.0, []
     for b, image in enumerate(found["images"]):
         worst = max(worst, image["max_diff"])
-        ok = ok and image["max_diff"] <= ATOL and image["others_equal"] and (image["changed"] or not image["items"])
+        ok = ok and image["max_diff"] <= tolerance(image["scale"]) and image["others_equal"]
+        ok = ok and (image["changed"] or not image["items"])
         where = ", ".join(f"{i['item']}@sub{i.get('subprompt')} diff {i.get('diff', 'n/a')}" for i in image["items"])
         parts.append(
-            f"image {b}: {len(image['subprompts'])} sub-prompt(s); {where}; other rows "
+            f"image {b}: {len(image['subprompts'])} sub-prompt(s); {where} (within {tolerance(image['scale']):.2g}); "
+            "other rows "
             f"{'bit-identical' if image['others_equal'] else 'DIFFER'}"
+        )
+    return ok, worst, "; ".join(parts)
+
+
+def passes_ok(found: dict | None, expected: list[tuple[str, list[list[str]]]]) -> tuple[bool, float | None, str]:
+    """Every sampling pass the probe saw, against `expected`: one `(kind, [items of each image])` per pass, in
+    order (kind: txt2img, img2img, hires, adetailer). Each item's rows = its encode alone, every other row as the
+    WebUI encoded that pass's own text, the cond changed where an item was patched."""
+    if not found or "error" in found:
+        return False, None, f"probe: {found.get('error') if found else 'none'}"
+    passes = found.get("passes", [])
+    ok = len(passes) == len(expected)
+    worst, parts = 0.0, [f"{len(passes)} pass(es), {len(expected)} expected"]
+    for n, (seen, (kind, items)) in enumerate(zip(passes, expected)):
+        if "error" in seen:
+            ok = False
+            parts.append(f"pass {n + 1} ({seen.get('kind')}): probe error {seen['error']}")
+            continue
+        got = [sorted(i["item"] for i in image["items"]) for image in seen["images"]]
+        good = seen["kind"] == kind and got == [sorted(own) for own in items]
+        for image in seen["images"]:
+            worst = max(worst, image["max_diff"])
+            good = good and image["max_diff"] <= tolerance(image["scale"]) and image["others_equal"]
+            good = good and (image["changed"] or not image["items"])
+        ok = ok and good
+        same = all(image["others_equal"] for image in seen["images"])
+        diffs = ", ".join(f"{i['item']} {i.get('diff', 0):.2g}" for image in seen["images"] for i in image["items"])
+        parts.append(
+            f"pass {n + 1} {seen['kind']} {seen.get('size')} {seen['prompts']}: items {got} (want {kind} {items}) "
+            f"diff {diffs or '-'}, other rows {'bit-identical' if same else 'DIFFER'}"
+            f", FtF ran: {seen.get('ftf_state') is not None}"
         )
     return ok, worst, "; ".join(parts)
 
@@ -269,9 +375,9 @@ def check(args) -> list[Row]:
     probe_root = Path(__file__).with_name("beside_probe")
     copy_tree(list(probe_root.rglob("*.py")), probe_root, extensions / BESIDE_PROBE)
     peers = {}
-    for key in ("rp", "dp", "cutoff"):
+    for key in PEER_FOLDERS:
         tree = getattr(args, key)
-        if tree is None:
+        if tree is None or key not in args.groups:
             continue
         shutil.copytree(tree, extensions / PEER_FOLDERS[key], symlinks=True)
         peers[key] = f"{PEER_FOLDERS[key]}@{peer_commit(tree)}"
@@ -285,6 +391,27 @@ def check(args) -> list[Row]:
     flags = []
     if "dp" in peers:
         flags += ["--ui-settings-file", str(dp_settings_file(host_dir, args.dp, out))]
+    if "styles" in args.groups:
+        styles = out / "styles.csv"
+        styles.write_text(f'name,prompt,negative_prompt\n{STYLE},"{{prompt}}, a lantern with ~glowing moths~",\n')
+        flags += ["--styles-file", str(styles)]
+    models = args.models or host_dir / "realclient-models"
+    if "adetailer" in peers:
+        # its install.py would pip-install mediapipe (which needs another protobuf than the WebUI pins): the
+        # packages it needs for these rows (ultralytics) are installed beforehand, and installers are skipped
+        detector = models / "adetailer" / AD_MODEL
+        if not detector.exists():
+            detector.parent.mkdir(parents=True, exist_ok=True)
+            run([python, "-c", YOLO_BUILDER, str(detector)], log, env=host_env(YOLO_OFFLINE="1"))
+        link(detector, host_dir / "models" / "adetailer")
+        flags += ["--skip-install", "--ad-no-huggingface"]
+    if "controlnet" in peers:
+        control = models / "controlnet" / f"{CN_MODEL}.safetensors"
+        if not control.exists():
+            control.parent.mkdir(parents=True, exist_ok=True)
+            run([python, "-c", CN_BUILDER, str(args.controlnet), str(host_dir), str(control)], log, env=host_env())
+        link(control, extensions / PEER_FOLDERS["controlnet"] / "models")
+        flags += [] if "--skip-install" in flags else ["--skip-install"]
     webui = BesideWebUI(
         python,
         host_dir,
@@ -452,12 +579,240 @@ def check(args) -> list[Row]:
                 return good, worst, detail
 
             row("cutoff", "Cutoff targets red, blue + FtF ~red car~, ~blue bats~: no break, outcome", cutoff_row)
+
+        # The WebUI's own features and the peers that run extra passes: every pass the probe saw, checked.
+        base = "a dark cave with ~bats~"
+        items = {
+            "items": [
+                ["bats", "bats"],
+                ["owls", "owls"],
+                ["glowing moths", "glowing moths"],
+                ["swans", "swans"],
+                ["red eyes", "red eyes"],
+            ]
+        }
+        ftf_on = {"Follow the Flow": {"args": FTF_ON}, **off_scripts}
+        ftf_off = {"Follow the Flow": {"args": FTF_OFF}, **off_scripts}
+        warm = client.txt2img("init", "a bright full moon over a lake", ftf_off)["images"][0]
+        init = base64.b64encode(warm.read_bytes()).decode()
+
+        def feature_row(name, expected, named, prompt=base, scripts=None, keep=None, off=True, **fields):
+            """One generation with FtF on (and one with it off to see it change the image): every pass against
+            `expected`, infotexts against `named` (one list of items per infotext that names any), no traceback."""
+
+            def compare():
+                on = client.txt2img(name, prompt, {**ftf_on, **(scripts or {})}, items, keep=keep, **fields)
+                ok, worst, detail = passes_ok(on["probe"], expected)
+                infotexts = on["infotexts"][-len(named) :] if named else []
+                got = [patched_in(text) for text in infotexts]
+                pixels = None
+                if off:
+                    plain = client.txt2img(f"{name}-off", prompt, {**ftf_off, **(scripts or {})}, keep=keep, **fields)
+                    pixels = max(webui.difference(a, b) for a, b in zip(plain["images"], on["images"]))
+                clean = "Traceback" not in on["log"]
+                detail = (
+                    f"{detail}; infotexts FtF patched {got} (want {named}); image FtF on vs off {pixels}; "
+                    f"traceback in log: {not clean}; FtF log: {ftf_lines(on['log']) or 'nothing'}"
+                )
+                good = ok and got == [sorted(n) for n in named] and clean and (pixels is None or pixels > 0)
+                return good, worst, detail
+
+            return compare
+
+        if "img2img" in args.groups:
+            row(
+                "img2img",
+                "img2img (denoise 0.75): ~bats~ patched",
+                feature_row(
+                    "img2img",
+                    [("img2img", [["bats"]])],
+                    [["bats"]],
+                    endpoint="img2img",
+                    init_images=[init],
+                    denoising_strength=0.75,
+                    steps=4,
+                ),
+            )
+        if "inpaint" in args.groups:
+            row(
+                "inpaint",
+                "inpaint, a mask, only masked: ~bats~ patched",
+                feature_row(
+                    "inpaint",
+                    [("img2img", [["bats"]])],
+                    [["bats"]],
+                    endpoint="img2img",
+                    init_images=[init],
+                    mask=mask_png(),
+                    denoising_strength=0.75,
+                    steps=4,
+                    inpainting_fill=1,
+                    inpaint_full_res=True,
+                    inpaint_full_res_padding=8,
+                    mask_blur=2,
+                ),
+            )
+        if "hires" in args.groups:
+            hires = {
+                "enable_hr": True,
+                "hr_scale": 2,
+                "hr_upscaler": "Latent",
+                "denoising_strength": 0.6,
+                "hr_second_pass_steps": 2,
+            }
+            row(
+                "hires",
+                "hires fix, its own prompt ~owls~: each pass patched as its prompt says",
+                feature_row(
+                    "hires-own",
+                    [("txt2img", [["bats"]]), ("hires", [["owls"]])],
+                    [["bats", "owls"]],
+                    hr_prompt="a bright moon over ~owls~",
+                    hr_negative_prompt=NEGATIVE,
+                    **hires,
+                ),
+            )
+            row(
+                "hires",
+                "hires fix, same prompt: both passes patched",
+                feature_row("hires-same", [("txt2img", [["bats"]]), ("hires", [["bats"]])], [["bats"]], **hires),
+            )
+        if "styles" in args.groups:
+            row(
+                "styles",
+                "Styles: a saved style adds ~glowing moths~",
+                feature_row(
+                    "styles", [("txt2img", [["bats", "glowing moths"]])], [["bats", "glowing moths"]], styles=[STYLE]
+                ),
+            )
+        if "xyz" in args.groups:
+            xyz = [7, "bats, owls", [], 0, "", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+            row(
+                "xyz",
+                "X/Y/Z plot, Prompt S/R bats -> owls: each cell patched",
+                feature_row(
+                    "xyz",
+                    [("txt2img", [["bats"]]), ("txt2img", [["owls"]])],
+                    [["bats"], ["owls"]],
+                    script_name="x/y/z plot",
+                    script_args=xyz,
+                    keep=3,
+                ),
+            )
+        if "pff" in args.groups:
+            lines = 'a dark cave with ~bats~\na quiet lake with ~swans~\n--prompt "a red barn with ~owls~" --steps 3'
+            row(
+                "pff",
+                "Prompts from file or textbox, 3 lines: each line patched",
+                feature_row(
+                    "pff",
+                    [("txt2img", [["bats"]]), ("txt2img", [["swans"]]), ("txt2img", [["owls"]])],
+                    [["bats"], ["swans"], ["owls"]],
+                    prompt="at night",
+                    script_name="prompts from file or textbox",
+                    script_args=[False, False, "start", lines],
+                    keep=3,
+                ),
+            )
+        if "adetailer" in peers:
+            ad = client.title("adetailer")
+
+            def ad_args(prompt: str, confidence: float = 0.0) -> dict:
+                unit = {
+                    "ad_model": AD_MODEL,
+                    "ad_prompt": prompt,
+                    "ad_confidence": confidence,
+                    "ad_mask_k": 1,
+                    "ad_denoising_strength": 0.5,
+                    "ad_use_steps": True,
+                    "ad_steps": 3,
+                }
+                return {ad: {"args": [True, False, unit]}}
+
+            def ad_row(name, prompt, expected, info):
+                def compare():
+                    alone = client.txt2img(f"{name}-alone", base, ftf_on, items)
+                    none = client.txt2img(f"{name}-none", base, {**ftf_on, **ad_args(prompt, 1.0)}, items)
+                    on = client.txt2img(name, base, {**ftf_on, **ad_args(prompt)}, items)
+                    ok, worst, detail = passes_ok(on["probe"], expected)
+                    main_same = (alone["probe"] or {}).get("passes", [{}])[0].get("images") == (
+                        (on["probe"] or {}).get("passes", [{}])[0].get("images")
+                    )
+                    unchanged = webui.difference(alone["images"][0], none["images"][0])
+                    detailed = webui.difference(alone["images"][0], on["images"][0])
+                    named = patched_in(on["infotexts"][0])
+                    has_info = info in on["infotexts"][0]
+                    clean = "Traceback" not in on["log"] and "Traceback" not in none["log"]
+                    ran = [line.strip() for line in on["log"].splitlines() if "ADetailer" in line or "detected" in line]
+                    detail = (
+                        f"{detail}; main pass as without ADetailer: {main_same}; ADetailer detecting nothing vs "
+                        f"FtF alone: pixels {unchanged}; detailed vs FtF alone: pixels {detailed}; infotext FtF "
+                        f"patched {named}, has {info!r}: {has_info}; traceback: {not clean}; ADetailer log {ran[:3]}; "
+                        f"FtF log: {ftf_lines(on['log']) or 'nothing'}"
+                    )
+                    good = ok and main_same and unchanged == 0 and detailed > 0 and named == ["bats"]
+                    return good and has_info and clean, worst, detail
+
+                return compare
+
+            row(
+                "adetailer",
+                "ADetailer, empty prompt: its pass reuses the main prompt's patch",
+                ad_row(
+                    "ad-empty", "", [("txt2img", [["bats"]]), ("adetailer", [["bats"]])], f"ADetailer model: {AD_MODEL}"
+                ),
+            )
+            row(
+                "adetailer",
+                "ADetailer, its own prompt ~red eyes~: segmented and patched",
+                ad_row(
+                    "ad-own",
+                    "a face with ~red eyes~",
+                    [("txt2img", [["bats"]]), ("adetailer", [["red eyes"]])],
+                    "ADetailer prompt: a face with ~red eyes~",
+                ),
+            )
+        if "controlnet" in peers:
+            cn = client.title("controlnet")
+
+            def cn_row():
+                unit = {
+                    "enabled": True,
+                    "module": "none",
+                    "model": CN_MODEL,
+                    "image": init,
+                    "weight": 1.0,
+                    "resize_mode": "Crop and Resize",
+                    "control_mode": "Balanced",
+                    "pixel_perfect": False,
+                }
+                scripts = {cn: {"args": [unit]}}
+                alone = client.txt2img("cn-alone", base, ftf_on, items)
+                on = client.txt2img("cn", base, {**ftf_on, **scripts}, items)
+                plain = client.txt2img("cn-off", base, {**ftf_off, **scripts})
+                ok, worst, detail = passes_ok(on["probe"], [("txt2img", [["bats"]])])
+                control = webui.difference(alone["images"][0], on["images"][0])
+                ftf = webui.difference(plain["images"][0], on["images"][0])
+                named = patched_in(on["infotexts"][0])
+                loaded = [line.strip() for line in on["log"].splitlines() if "ControlNet" in line][:3]
+                clean = "Traceback" not in on["log"]
+                marked = [seen.get("controlnet_mark_row") for seen in (on["probe"] or {}).get("passes", [])]
+                detail = (
+                    f"{detail}; ControlNet's mark row before the prompt's rows: {marked}; "
+                    f"unit changes the image (vs FtF alone): pixels {control}; FtF on vs off with the "
+                    f"unit: pixels {ftf}; infotext FtF patched {named}, ControlNet in infotext "
+                    f"{'ControlNet 0' in on['infotexts'][0]}; traceback {not clean}; ControlNet log {loaded}"
+                )
+                return ok and control > 0 and ftf > 0 and named == ["bats"] and clean, worst, detail
+
+            row("controlnet", "ControlNet unit (random SD1.5 model): patched rows exact", cn_row)
     finally:
         peak = webui.server.peak_mb()
         webui.server.stop()
         spec.unlink(missing_ok=True)
         remove_peers(host_dir)
         remove_copies(host_dir)
+        (host_dir / "models" / "adetailer" / AD_MODEL).unlink(missing_ok=True)
     text = webui.server.log.read_text(encoding="utf-8", errors="replace")
     errors = [
         line for line in text.splitlines() if "Error loading script" in line or "Error running install.py" in line
@@ -475,7 +830,112 @@ def check(args) -> list[Row]:
             f"{text.count('Traceback')} tracebacks, script/install errors {errors[:3]} in {webui.server.log.name}",
         )
     )
+    if "refiner" in args.groups and args.sdxl:
+        began = time.perf_counter()
+        try:
+            rows.append(refiner_row(args, host, out))
+        except Exception as error:  # its setup: a failed row, the rows above still printed
+            detail = f"{type(error).__name__}: {error}"
+            rows.append(
+                Row(
+                    host,
+                    "sdxl",
+                    "refiner",
+                    "SDXL refiner switch",
+                    False,
+                    None,
+                    None,
+                    time.perf_counter() - began,
+                    detail,
+                )
+            )
     return rows
+
+
+def refiner_row(args, host: str, out: Path) -> Row:
+    """The WebUI's refiner switch on SDXL (`--sdxl FILE`, as base and, under a second name, as refiner; another
+    server, no peers): the first part patched (probe), the switch made, one warning in the log and the infotext
+    saying the refiner's part is unpatched. Its peak memory is sampled every second, so that a server killed for
+    memory still reports how far it got ("did not fit")."""
+    import threading
+
+    host_dir, python = args.host_dir, args.python
+    models = host_dir / "models" / "Stable-diffusion"
+    base = link(args.sdxl, models)
+    refiner = models / "sdxl-refiner-copy.safetensors"  # the same weights: another checkpoint to the WebUI
+    refiner.unlink(missing_ok=True)
+    refiner.symlink_to(args.sdxl.resolve())
+    source = args.extension_from or REPO
+    copy_tree(
+        [source / name for name in checkout_files() if (source / name).is_file()],
+        source,
+        host_dir / "extensions" / EXTENSION,
+    )
+    probe_root = Path(__file__).with_name("beside_probe")
+    copy_tree(list(probe_root.rglob("*.py")), probe_root, host_dir / "extensions" / BESIDE_PROBE)
+    spec, probe_out = out / "refiner-spec.json", out / "probe"
+    webui = BesideWebUI(
+        python,
+        host_dir,
+        base,
+        out,
+        "webui-refiner",
+        [],
+        FTF_BESIDE_SPEC=str(spec),
+        FTF_BESIDE_OUT=str(probe_out),
+        FLOWCORE_CACHE=str(out / "flowcore-cache-sdxl"),
+    )
+    peak, running = [0.0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], webui.server.peak_mb() or 0.0)
+            time.sleep(1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.perf_counter()
+    check_name = "SDXL refiner switch at 0.5 (the SDXL file again as refiner): steps aside with one warning"
+    try:
+        webui.wait_ready(timeout=900)
+        client = Client(webui, spec, probe_out)
+        result = client.txt2img(
+            "refiner",
+            "a dark cave with ~bats~",
+            {"Follow the Flow": {"args": FTF_ON}},
+            [[["bats", "bats"]]],
+            steps=4,
+            settings={"live_previews_enable": False},  # on SDXL it would download the preview model first
+            refiner_checkpoint=refiner.stem,
+            refiner_switch_at=0.5,
+        )
+        ok, worst, detail = rows_ok(result["probe"])
+        text = result["infotexts"][0]
+        warned = [line for line in ftf_lines(result["log"]) if "refiner" in line]
+        switched = "Refiner: " in text
+        detail = (
+            f"first part: {detail}; switch made (Refiner in infotext): {switched}; FtF warnings about the refiner "
+            f"{warned}; infotext 'FtF refiner: unpatched': {'FtF refiner: unpatched' in text}; FtF patched "
+            f"{patched_in(text)}; traceback {'Traceback' in result['log']}"
+        )
+        good = (
+            ok and switched and len(warned) == 1 and "FtF refiner: unpatched" in text and patched_in(text) == ["bats"]
+        )
+        good = good and "Traceback" not in result["log"]
+    except Exception as error:
+        alive = webui.server.process.poll() is None
+        ok_detail = "" if alive else f"did not fit: the server exited ({webui.server.process.returncode}); "
+        good, worst, detail = False, None, f"{ok_detail}{type(error).__name__}: {error}; peak {peak[0]:.0f} MB"
+    finally:
+        running[0] = False
+        sampler.join()
+        webui.server.stop()
+        spec.unlink(missing_ok=True)
+        refiner.unlink(missing_ok=True)
+        base.unlink(missing_ok=True)
+        remove_copies(host_dir)
+        remove_peers(host_dir)
+    return Row(host, "sdxl", "refiner", check_name, good, worst, peak[0] or None, time.perf_counter() - began, detail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,12 +952,32 @@ def main(argv: list[str] | None = None) -> int:
         help="install the extension from this tree (a copy of the checkout with a fix applied)",
     )
     parser.add_argument(
-        "--only", metavar="LIST", help="comma-separated peers to place (rp,dp,cutoff): the others are left out"
+        "--only", metavar="LIST", help="comma-separated peers to place (rp,dp,cutoff,...): the others are left out"
+    )
+    parser.add_argument(
+        "--rows",
+        metavar="LIST",
+        help=f"comma-separated row groups to run ({','.join(GROUPS)}; default all): a peer's rows run only when its "
+        "tree is given too",
+    )
+    parser.add_argument(
+        "--sdxl", type=Path, metavar="FILE", help="an SDXL checkpoint for the refiner row (base and refiner)"
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        metavar="DIR",
+        help="where the random ADetailer detector (adetailer/) and ControlNet (controlnet/) are, or are built "
+        "(default <host-dir>/realclient-models)",
     )
     args = parser.parse_args(argv)
     if args.only:
         for key in set(PEER_FOLDERS) - {name.strip() for name in args.only.split(",")}:
             setattr(args, key, None)
+    args.groups = {name.strip() for name in args.rows.split(",")} if args.rows else set(GROUPS)
+    unknown = args.groups - set(GROUPS)
+    if unknown:
+        parser.error(f"`--rows`: unknown groups {sorted(unknown)} (known: {', '.join(GROUPS)})")
     args.host_dir = args.host_dir.resolve()
     started = time.perf_counter()
     try:

@@ -12,7 +12,10 @@
    encodes; `install.py` runs at the next launch; `pip freeze` before and after.
 5. Rows: the extension in `/sdapi/v1/script-info`; off = the WebUI alone, pixel for pixel; marked items' rows
    against the WebUI's encode of the item alone (plain, emphasis "No norm" and "None", clip skip 2, `BREAK`,
-   a second chunk, a LoRA); *Every item* and *Automatic* with their infotext; off -> on -> off; a clean log.
+   a second chunk, a LoRA whose every module the Lora extension matched); *Every item* and *Automatic* with
+   their infotext; off -> on -> off; a clean log. SDXL: the rows of both encoders (CLIP-L's and CLIP-G's
+   columns), the pooled vector bit-identical, clip skip with the WebUI's `sdxl_clip_l_skip`. SD 2.x: the
+   WebUI applies no clip skip to OpenCLIP, and the row checks that the extension follows it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import base64
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -42,10 +46,11 @@ from host_common import (
     pip_freeze,
     random_checkpoint,
     run,
+    tolerance,
 )
 
 CLAIMED = ("sd15", "sd2", "sdxl")  # what the README claims for the extension in A1111
-IMPLEMENTED = ("sd15",)
+IMPLEMENTED = ("sd15", "sd2", "sdxl")
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 # The repositories `modules/launch_utils.py` of v1.10.1 pins: folder -> (its URL, commit)
 REPOSITORIES = {
@@ -75,6 +80,11 @@ FLAGS = [
     "--skip-python-version-check",
     "--no-download-sd-model",
 ]
+# Families whose checkpoint the WebUI cannot load first on the CPU with --no-half: v1.10.1 tells SD 2.x's v-prediction
+# apart by running the UNet cast to `devices.dtype_unet`, which is fp16 until a first model has loaded (then fp32),
+# so the first SD 2.x load fails ("Input type (float) and bias type (c10::Half)"). The server starts on the
+# family named here and switches to the checkpoint through `/sdapi/v1/options`, which runs the WebUI's detection.
+START_WITH = {"sd2": "sd15"}
 EXTENSION, PROBE = "follow-the-flow", "ftf-realclient-probe"
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 MARKED = PROMPT.replace("standing zebra", "~standing zebra~")
@@ -82,7 +92,6 @@ NEGATIVE = "blurry, low quality"
 TAGS = "masterpiece, 1girl, white shirt, green tie, red shoes, blue hair, yellow eyes, pink skirt"
 TAG_ITEMS = ["1girl", "white shirt", "green tie", "red shoes", "blue hair", "yellow eyes", "pink skirt"]
 COLOURS = "a cute girl, white shirt with green tie, red shoes, blue hair, yellow eyes, pink skirt"
-ATOL = 1e-5
 PIXELS = (
     "import sys, numpy as np; from PIL import Image; "
     "a, b = (np.asarray(Image.open(p).convert('RGB'), dtype=np.int16) for p in sys.argv[1:3]); "
@@ -107,6 +116,13 @@ config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "
           "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1}
 (folder / "config.json").write_text(json.dumps(config))
 """
+
+
+def lora_modules(path: Path) -> int:
+    """How many modules a kohya LoRA file holds (its `.lora_down.weight` keys), from its safetensors header."""
+    with open(path, "rb") as file:
+        header = json.loads(file.read(struct.unpack("<Q", file.read(8))[0]))
+    return sum(key.endswith(".lora_down.weight") for key in header)
 
 
 def version(host_dir: Path) -> str:
@@ -181,11 +197,15 @@ def remove_copies(host_dir: Path) -> None:
 class WebUI:
     """One WebUI server: started by PID, ready at "Startup time:", driven through `/sdapi/v1`."""
 
-    def __init__(self, python: str, host_dir: Path, checkpoint: Path, out: Path, name: str, **env: str) -> None:
+    def __init__(
+        self, python: str, host_dir: Path, checkpoint: Path, out: Path, name: str, start: Path | None = None, **env: str
+    ) -> None:
+        """Starts the WebUI on `checkpoint`, or on `start` and then switches to `checkpoint` once ready."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python, self.out, self.name, self.count = python, out, name, 0
-        command = [python, "launch.py", *FLAGS, "--ckpt", str(checkpoint), "--port", str(self.port)]
+        self.switch_to = checkpoint if start else None
+        command = [python, "launch.py", *FLAGS, "--ckpt", str(start or checkpoint), "--port", str(self.port)]
         self.server = Server(command, host_dir, launcher_env(out, **env), out / f"{name}.log")
 
     def wait_ready(self, timeout: float = 600) -> None:
@@ -195,6 +215,11 @@ class WebUI:
             if time.monotonic() > deadline:
                 raise TimeoutError("no 'Startup time:' in the log")
             time.sleep(1)
+        if self.switch_to:  # the WebUI's own checkpoint switch; it answers once the model is loaded
+            http_json(f"{self.url}/sdapi/v1/options", {"sd_model_checkpoint": self.switch_to.name}, timeout=600)
+            loaded = http_json(f"{self.url}/sdapi/v1/options")["sd_model_checkpoint"]
+            if Path(self.switch_to.name).stem not in loaded:
+                raise RuntimeError(f"switching to {self.switch_to.name} left {loaded} loaded")
 
     def txt2img(self, prompt: str, ftf: list | None = None, settings: dict | None = None) -> tuple[Path, dict]:
         """One 64x64, 2-step Euler image (seed 1); returns its PNG and its infotext's parameters."""
@@ -240,17 +265,23 @@ def check(args, out: Path) -> list[Row]:
         checkpoint, lora = random_checkpoint(python, name, host_dir / "realclient-models", log)
         checkpoint = link(checkpoint, host_dir / "models" / "Stable-diffusion")
         link(lora, host_dir / "models" / "Lora")
-        rows += family_rows(host, name, python, host_dir, checkpoint, lora.stem, out)
+        start = None
+        if name in START_WITH:
+            first, _ = random_checkpoint(python, START_WITH[name], host_dir / "realclient-models", log)
+            start = link(first, host_dir / "models" / "Stable-diffusion")
+        rows += family_rows(host, name, python, host_dir, checkpoint, lora, out, start)
     return rows
 
 
-def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[Row]:
-    """The WebUI alone (reference image, `config.json`), then with the extension and the probe: every row."""
+def family_rows(host, family, python, host_dir, checkpoint, lora, out, start=None) -> list[Row]:
+    """The WebUI alone (reference image, `config.json`), then with the extension and the probe: every row (each
+    server started on `start` first when given, see `START_WITH`)."""
+    lora_count, lora = lora_modules(lora), lora.stem
     extensions = host_dir / "extensions"
     remove_copies(host_dir)  # the WebUI alone runs without them
     started = time.perf_counter()
     before = pip_freeze(python, out / "pip-freeze-before.txt")
-    alone = WebUI(python, host_dir, checkpoint, out, f"webui-alone-{family}")
+    alone = WebUI(python, host_dir, checkpoint, out, f"webui-alone-{family}", start)
     try:
         alone.wait_ready()
         if not (host_dir / "config.json").exists():  # so that override_settings are restored after a request
@@ -270,6 +301,7 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
         checkpoint,
         out,
         f"webui-{family}",
+        start,
         FTF_PROBE_SPEC=str(spec),
         FTF_PROBE_OUT=str(probe_out),
         FLOWCORE_CACHE=str(out / "flowcore-cache-host"),
@@ -306,7 +338,7 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
 
         row("off = the WebUI alone (pixels)", off_is_alone)
 
-        def probe(name, prompt, plain, items, ftf, settings=None, expect_infotext=None, note=""):
+        def probe(name, prompt, plain, items, ftf, settings=None, expect_infotext=None, note="", networks=()):
             def compare():
                 spec.write_text(json.dumps({"name": name, "plain": plain, "negative": NEGATIVE, "items": items}))
                 image, info = webui.txt2img(prompt, ftf, settings)
@@ -318,11 +350,23 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
                 infotext = info["infotexts"][0]
                 patched = re.search(r"FtF patched: (\"[^\"]*\"|[^,]*)", infotext)
                 patched = patched.group(1).strip('"') if patched else ""
-                ok = found["max_diff"] <= ATOL and found["others_equal"] and found["negative_equal"]
+                within = tolerance(found["scale"])
+                ok = found["max_diff"] <= within and found["others_equal"] and found["negative_equal"]
                 ok = ok and found["shape_equal"] and (found["changed"] or not items)
-                detail = f"rows {found['rows']}/{found['total_rows']} patched; other rows "
+                detail = f"rows {found['rows']}/{found['total_rows']} patched, within {within:.2g} "
+                detail += f"(largest |value| {found['scale']:.3g}); other rows "
                 detail += "bit-identical" if found["others_equal"] else "DIFFER"
                 detail += "; negative bit-identical" if found["negative_equal"] else "; negative DIFFERS"
+                if "vector_equal" in found:  # SDXL: each encoder's columns, and the pooled vector
+                    ok = ok and found["vector_equal"]
+                    l_diff, g_diff = found["max_diff_columns"]
+                    detail += f"; max diff CLIP-L columns {l_diff:.2g}, CLIP-G columns {g_diff:.2g}"
+                    detail += "; pooled vector " + ("bit-identical" if found["vector_equal"] else "DIFFERS")
+                if list(networks) != found["networks"]:
+                    ok = False
+                    detail += f"; LoRAs loaded {found['networks']} (should be {list(networks)})"
+                elif networks:
+                    detail += f"; LoRA matched all {networks[0][1]} modules of the file"
                 detail += f"; infotext FtF patched: {patched or '-'}"
                 if expect_infotext is not None:
                     wanted = sorted(expect_infotext)
@@ -361,7 +405,13 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
                 ["((standing zebra))"],  # with emphasis off, the brackets are text of the item
             ),
         )
-        row("clip skip 2", probe("clipskip", MARKED, PROMPT, zebra, markers, {"CLIP_stop_at_last_layers": 2}, named))
+        skip = {"CLIP_stop_at_last_layers": 2}
+        skip_note = ""
+        if family == "sdxl":  # the WebUI skips CLIP-L's layers on SDXL only with this option
+            skip["sdxl_clip_l_skip"] = True
+        elif family == "sd2":
+            skip_note = " (the WebUI applies no clip skip to SD 2.x's OpenCLIP)"
+        row("clip skip 2", probe("clipskip", MARKED, PROMPT, zebra, markers, skip, named, skip_note))
         row(
             "BREAK",
             probe(
@@ -379,7 +429,19 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
             "item in the second chunk",
             probe("chunk2", f"{filler}, {MARKED}", f"{filler}, {PROMPT}", zebra, markers, None, named),
         )
-        row("LoRA on the text encoder", probe("lora", f"{MARKED} <lora:{lora}:1>", PROMPT, zebra, markers, None, named))
+        row(
+            "LoRA on the text encoder",
+            probe(
+                "lora",
+                f"{MARKED} <lora:{lora}:1>",
+                PROMPT,
+                zebra,
+                markers,
+                None,
+                named,
+                networks=[[lora, lora_count]],
+            ),
+        )
         row(
             "Every item on a tag prompt",
             probe("every", TAGS, TAGS, [[i, i] for i in TAG_ITEMS], [True, "Every item"], None, TAG_ITEMS),
@@ -436,7 +498,7 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out) -> list[R
 
 
 def _model_type(webui: WebUI) -> str:
-    """The model class the WebUI loaded, as its log says ("Creating model from config: ...")."""
+    """The model config the WebUI chose for the checkpoint, as its log says ("Creating model from config: ...")."""
     log = webui.server.log.read_text(encoding="utf-8", errors="replace")
-    found = re.search(r"Creating model from config: .*[/\\](\S+)\.yaml", log)
-    return found.group(1) if found else "?"
+    found = re.findall(r"Creating model from config: .*[/\\](\S+)\.yaml", log)
+    return found[-1] if found else "?"  # the last: the checkpoint switched to (see `START_WITH`)

@@ -5,14 +5,22 @@
 2. Install: this checkout's files copied to `custom_nodes/follow-the-flow` (what a clone gives), then
    `pip install -r requirements.txt` there; `pip freeze` before and after.
 3. Per family: the random checkpoint and LoRA (`tools/random_checkpoint.py`) linked into `models/`;
-   `flowcore analyze` on it; `inside_comfyui.py` in ComfyUI's Python (rows compared with ComfyUI's own encodes).
+   `flowcore analyze` on it; `inside_comfyui.py` in ComfyUI's Python (rows compared with ComfyUI's own encodes);
+   `chain_comfyui.py` for `CHAIN_FAMILIES` (the node through ComfyUI's conditioning nodes and LoRA loaders to the
+   sampler's first step).
+   SD 3.5, Flux and Chroma (split files, their own loaders and checks): `comfyui_families.py`.
 4. The server (`main.py --cpu`, one thread), driven through its HTTP API: the node in `/object_info`; images
-   (64x64, 2 steps, Euler) compared pixel by pixel; its log read for tracebacks after a PID-based stop.
+   (64x64, 2 steps, Euler) compared pixel by pixel; a workflow chaining the conditioning nodes after the node;
+   its log read for tracebacks after a PID-based stop.
+
+`REALCLIENT_ONLY=chain` in the environment runs only the chain rows (and the server log's), a short run while
+iterating.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +30,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import comfyui_families
 from host_common import (
     NOT_IMPLEMENTED,
     REPO,
@@ -42,9 +51,11 @@ from host_common import (
 )
 
 CLAIMED = ("sd15", "sd2", "sdxl", "sd35", "flux-dev")  # what the README claims for the node
-IMPLEMENTED = ("sd15",)
+IMPLEMENTED = ("sd15", "sd2", "sdxl")
 TORCH_PINS = ("torch==2.8.0", "torchvision==0.23.0", "torchaudio==2.8.0", "transformers==4.57.1")
 NODE_FOLDER = "follow-the-flow"
+CHAIN_ONLY = os.environ.get("REALCLIENT_ONLY") == "chain"  # only the chain rows (a short run while iterating)
+CHAIN_FAMILIES = ("sd15",)  # the families the chain rows run for
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 AUTOMATIC_CASES = (  # (prompt, sensitivity): the second patches items on the random SD 1.5 weights
     (PROMPT, 0.5),
@@ -108,6 +119,9 @@ def check(args, out: Path) -> list[Row]:
         freeze_row(host, "-", before, pip_freeze(python, out / "pip-freeze-after.txt"), time.perf_counter() - started)
     )
     for name in args.models:
+        if name in comfyui_families.FAMILY_VARIANTS:  # SD 3.5, Flux, Chroma: split files, their own loaders
+            rows += comfyui_families.check(host, name, python, host_dir, node_dir, out)
+            continue
         if name not in IMPLEMENTED:
             rows.append(Row(host, name, "-", "all checks", NOT_IMPLEMENTED, detail="not implemented yet"))
             continue
@@ -116,7 +130,10 @@ def check(args, out: Path) -> list[Row]:
             link(checkpoint, host_dir / "models" / "checkpoints").name,
             link(lora, host_dir / "models" / "loras").name,
         )
-        rows += in_process(host, name, python, host_dir, node_dir, checkpoint, names, out)
+        if not CHAIN_ONLY:
+            rows += in_process(host, name, python, host_dir, node_dir, checkpoint, names, out)
+        if name in CHAIN_FAMILIES:
+            rows += chain(host, name, python, host_dir, node_dir, names, out)
         model_type = rows[-1].model_type
         rows += server_checks(host, name, model_type, python, host_dir, names, out)
     return rows
@@ -137,9 +154,22 @@ def in_process(host, family, python, host_dir, node_dir, checkpoint, names, out)
     script = Path(__file__).with_name("inside_comfyui.py")
     command = [python, str(script), "--host-dir", str(host_dir), "--node-dir", str(node_dir)]
     command += ["--checkpoint", names[0], "--lora", names[1], "--analyze", str(cases_file)]
+    return script_rows(host, family, command, host_dir, out / f"inside-{family}.log", "in-process run", out)
+
+
+def chain(host, family, python, host_dir, node_dir, names, out) -> list[Row]:
+    """`chain_comfyui.py` in ComfyUI's Python: the node through ComfyUI's conditioning nodes to the sampler."""
+    script = Path(__file__).with_name("chain_comfyui.py")
+    command = [python, str(script), "--host-dir", str(host_dir), "--node-dir", str(node_dir)]
+    command += ["--checkpoint", names[0], "--lora", names[1]]
+    return script_rows(host, family, command, host_dir, out / f"chain-{family}.log", "chain run", out)
+
+
+def script_rows(host, family, command, host_dir, log: Path, name: str, out) -> list[Row]:
+    """Runs an in-process script (stderr to `log`), one row per JSON line it prints, then one for its run."""
     say(" ".join(command))
     started = time.perf_counter()
-    with open(out / f"inside-{family}.log", "w", encoding="utf-8") as errors:
+    with open(log, "w", encoding="utf-8") as errors:
         done = subprocess.run(
             command,
             cwd=host_dir,
@@ -167,14 +197,14 @@ def in_process(host, family, python, host_dir, node_dir, checkpoint, names, out)
                 )
             )
     model_type = rows[-1].model_type if rows else "?"
-    tracebacks = (out / f"inside-{family}.log").read_text(encoding="utf-8").count("Traceback")
+    tracebacks = log.read_text(encoding="utf-8").count("Traceback")
     ok = done.returncode == 0 and not tracebacks and len(rows) > 1
     rows.append(
         Row(
             host,
             family,
             model_type,
-            "in-process run: exit 0, no traceback",
+            f"{name}: exit 0, no traceback",
             ok,
             None,
             None,
@@ -232,6 +262,43 @@ def workflow(
     return graph
 
 
+def chain_workflow(text: str, ckpt: str, lora: str, node: str) -> dict:
+    """`workflow` with the node between ComfyUI's LoraLoader, `CLIPSetLastLayer` and its conditioning nodes:
+    LoraLoader -> CLIPSetLastLayer -2 -> the node -> Concat with a second prompt -> Average with it -> Set Area (the
+    right half of a 128x64 image) -> Set Timestep Range 0-0.6 -> Combine with the second prompt at 0.6-1 for the
+    positive. (LoraLoaderModelOnly is checked in process: given a LoRA with text encoder keys, as ours, ComfyUI logs
+    each of them as "lora key not loaded", which the server log's row counts.)"""
+    graph = workflow(text, ckpt, node=node, lora=lora, clip_skip=-2)
+    graph["6"]["inputs"]["width"] = 128
+    graph["11"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["3", 0]}}
+    graph["12"] = {
+        "class_type": "ConditioningConcat",
+        "inputs": {"conditioning_to": ["4", 0], "conditioning_from": ["11", 0]},
+    }
+    graph["13"] = {
+        "class_type": "ConditioningAverage",
+        "inputs": {"conditioning_to": ["12", 0], "conditioning_from": ["11", 0], "conditioning_to_strength": 0.75},
+    }
+    graph["14"] = {
+        "class_type": "ConditioningSetArea",
+        "inputs": {"conditioning": ["13", 0], "width": 64, "height": 64, "x": 64, "y": 0, "strength": 1.0},
+    }
+    graph["15"] = {
+        "class_type": "ConditioningSetTimestepRange",
+        "inputs": {"conditioning": ["14", 0], "start": 0.0, "end": 0.6},
+    }
+    graph["16"] = {
+        "class_type": "ConditioningSetTimestepRange",
+        "inputs": {"conditioning": ["11", 0], "start": 0.6, "end": 1.0},
+    }
+    graph["17"] = {
+        "class_type": "ConditioningCombine",
+        "inputs": {"conditioning_1": ["15", 0], "conditioning_2": ["16", 0]},
+    }
+    graph["7"]["inputs"]["positive"] = ["17", 0]
+    return graph
+
+
 class Images:
     """Queues workflows on the server, fetches their images and compares their pixels (ComfyUI's Python)."""
 
@@ -277,7 +344,8 @@ def server_checks(host, family, model_type, python, host_dir, names, out) -> lis
     rows: list[Row] = []
 
     def row(check: str, function) -> None:
-        rows.append(checked_row(host, family, model_type, check, function, server))
+        if not CHAIN_ONLY or check.startswith("server: chain"):
+            rows.append(checked_row(host, family, model_type, check, function, server))
 
     ckpt, lora = names
     images = Images(url, python, out)
@@ -323,6 +391,16 @@ def server_checks(host, family, model_type, python, host_dir, names, out) -> lis
             return difference == 0, difference, "CLIPTextEncode's image before and after the node ran (caches freed)"
 
         row("server: off -> on -> off", off_on_off)
+
+        def chained():
+            image = images.render(
+                chain_workflow(PROMPT.replace("standing zebra", "~standing zebra~"), ckpt, lora, node)
+            )
+            _, spread = images.difference(image, image)  # its value range: not a blank (NaN) image
+            return spread > 0, None, f"finished, {image.name} decoded (value range {spread})"
+
+        if family in CHAIN_FAMILIES:
+            row("server: chain workflow (LoraLoader, clip skip, node, 5 conditioning nodes)", chained)
     finally:
         peak = server.peak_mb()
         server.stop()

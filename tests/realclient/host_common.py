@@ -195,6 +195,16 @@ def freeze_row(host: str, family: str, before: dict[str, str], after: dict[str, 
     )
 
 
+ATOL = 1e-5  # a patched row against the host's encode of the item alone, for rows whose values stay under 1
+
+
+def tolerance(scale: float) -> float:
+    """How far a patched row may be from the host's encode of the item alone: `ATOL` times the largest |value| of
+    the item's rows (at least `ATOL`). float32 rounding grows with the values: SDXL's OpenCLIP-G rows (its
+    penultimate layer, no final norm) reach the tens, where CLIP-L's final-norm rows stay near 1."""
+    return ATOL * max(1.0, scale)
+
+
 def random_checkpoint(python: str, family: str, folder: Path, log: Path) -> tuple[Path, Path]:
     """The family's random checkpoint and LoRA from `tools/random_checkpoint.py` (made once, then reused)."""
     checkpoint, lora = folder / f"{family}-random.safetensors", folder / f"{family}-random-lora.safetensors"
