@@ -236,13 +236,14 @@ class WebUI:
         }
         if ftf is not None:
             payload["alwayson_scripts"] = {"Follow the Flow": {"args": ftf}}
-        answer = http_json(f"{self.url}/sdapi/v1/txt2img", payload, timeout=600)
+        answer = http_json(f"{self.url}/sdapi/v1/txt2img", payload, timeout=900)
         self.count += 1
         path = self.out / f"{self.name}-image-{self.count:02d}.png"
         path.write_bytes(base64.b64decode(answer["images"][0]))
         return path, json.loads(answer["info"])
 
     def difference(self, a: Path, b: Path) -> int:
+        """The largest difference of two images' decoded pixels (-1 when their sizes differ)."""
         done = subprocess.run([self.python, "-c", PIXELS, str(a), str(b)], capture_output=True, text=True, check=True)
         return int(done.stdout)
 

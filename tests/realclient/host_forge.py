@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -30,11 +29,11 @@ from host_a1111 import (
     EXTENSION,
     MARKED,
     NEGATIVE,
-    PIXELS,
     PROBE,
     PROMPT,
     TAG_ITEMS,
     TAGS,
+    WebUI,
     copy_tree,
     remove_copies,
 )
@@ -181,49 +180,17 @@ def make_python(host_dir: Path, deps: Path | None, out: Path) -> str:
     return str(python)
 
 
-class Forge:
-    """One Forge server: started by PID, ready at "Startup time:", driven through `/sdapi/v1` as A1111 is."""
+class Forge(WebUI):
+    """One Forge server: A1111's API, readiness and images (`host_a1111.WebUI`), Forge's flags and launcher
+    environment."""
 
     def __init__(self, python: str, host_dir: Path, checkpoint: Path, out: Path, name: str, deps, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python, self.out, self.name, self.count = python, out, name, 0
+        self.switch_to = None
         command = [python, "launch.py", *FLAGS, "--ckpt", str(checkpoint), "--port", str(self.port)]
         self.server = Server(command, host_dir, launcher_env(out, deps, **env), out / f"{name}.log")
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        self.server.wait_ready(f"{self.url}/sdapi/v1/options", timeout)
-        while "Startup time:" not in self.server.log.read_text(encoding="utf-8", errors="replace"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("no 'Startup time:' in the log")
-            time.sleep(1)
-
-    def txt2img(self, prompt: str, ftf: list | None = None, settings: dict | None = None) -> tuple[Path, dict]:
-        """One 64x64, 2-step Euler image (seed 1, CFG 7); returns its PNG and its infotext's parameters."""
-        payload = {
-            "prompt": prompt,
-            "negative_prompt": NEGATIVE,
-            "seed": 1,
-            "steps": 2,
-            "width": 64,
-            "height": 64,
-            "sampler_name": "Euler",
-            "cfg_scale": 7,
-            "override_settings": settings or {},
-        }
-        if ftf is not None:
-            payload["alwayson_scripts"] = {"Follow the Flow": {"args": ftf}}
-        answer = http_json(f"{self.url}/sdapi/v1/txt2img", payload, timeout=900)
-        self.count += 1
-        path = self.out / f"{self.name}-image-{self.count:02d}.png"
-        path.write_bytes(base64.b64decode(answer["images"][0]))
-        return path, json.loads(answer["info"])
-
-    def difference(self, a: Path, b: Path) -> int:
-        """The largest difference of two images' decoded pixels (-1 when their sizes differ)."""
-        done = subprocess.run([self.python, "-c", PIXELS, str(a), str(b)], capture_output=True, text=True, check=True)
-        return int(done.stdout)
 
 
 def check(args, out: Path) -> list[Row]:

@@ -254,13 +254,10 @@ def text_lora_modules(prefix: str, width: int, layers: int) -> list[tuple[str, i
     return modules
 
 
-def sd1_lora_layout(context: int = 768, text_layers: int = 12) -> list[tuple[str, int, int]]:
-    """Kohya LoRA modules of SD 1.x (and, with `context` 1024 and 24 layers, SD 2.x) as `(name, in, out)`: the text
-    encoder's projections and the UNet's attention (diffusers block names)."""
-    modules = text_lora_modules("lora_te", context, text_layers)
-    blocks = [(f"down_blocks_{level}_attentions_{n}", 320 * 2**level) for level in range(3) for n in range(2)]
-    blocks += [("mid_block_attentions_0", 1280)]
-    blocks += [(f"up_blocks_{level}_attentions_{n}", 1280 // 2 ** (level - 1)) for level in (1, 2, 3) for n in range(3)]
+def unet_attention_lora(blocks: list[tuple[str, int]], context: int) -> list[tuple[str, int, int]]:
+    """Kohya LoRA modules `(name, in, out)` on the attention projections of the first transformer block of each
+    `(block name, channels)`: self-attention from the block's channels, cross-attention from `context`."""
+    modules = []
     for block, channels in blocks:
         key = f"lora_unet_{block}_transformer_blocks_0"
         for attention, source in (("attn1", channels), ("attn2", context)):
@@ -270,6 +267,16 @@ def sd1_lora_layout(context: int = 768, text_layers: int = 12) -> list[tuple[str
             ]
             modules += [(f"{key}_{attention}_to_k", source, channels), (f"{key}_{attention}_to_v", source, channels)]
     return modules
+
+
+def sd1_lora_layout(context: int = 768, text_layers: int = 12) -> list[tuple[str, int, int]]:
+    """Kohya LoRA modules of SD 1.x (and, with `context` 1024 and 24 layers, SD 2.x) as `(name, in, out)`: the text
+    encoder's projections and the UNet's attention (diffusers block names)."""
+    modules = text_lora_modules("lora_te", context, text_layers)
+    blocks = [(f"down_blocks_{level}_attentions_{n}", 320 * 2**level) for level in range(3) for n in range(2)]
+    blocks += [("mid_block_attentions_0", 1280)]
+    blocks += [(f"up_blocks_{level}_attentions_{n}", 1280 // 2 ** (level - 1)) for level in (1, 2, 3) for n in range(3)]
+    return modules + unet_attention_lora(blocks, context)
 
 
 def write_sd15(out: Path, seed: int, lora: bool) -> list[Path]:

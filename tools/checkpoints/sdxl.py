@@ -22,6 +22,7 @@ from checkpoints.ldm import (
     res_block,
     spatial_transformer,
     text_lora_modules,
+    unet_attention_lora,
 )
 
 CONTEXT = 2048  # CLIP-L's 768 columns beside OpenCLIP-G's 1280
@@ -87,15 +88,7 @@ def sdxl_lora_layout() -> list[tuple[str, int, int]]:
     blocks = [(f"input_blocks_{index}_1", 640) for index in (4, 5)] + [(f"input_blocks_{i}_1", 1280) for i in (7, 8)]
     blocks += [("middle_block_1", 1280)] + [(f"output_blocks_{index}_1", 1280) for index in range(3)]
     blocks += [(f"output_blocks_{index}_1", 640) for index in range(3, 6)]
-    for block, channels in blocks:
-        key = f"lora_unet_{block}_transformer_blocks_0"
-        for attention, source in (("attn1", channels), ("attn2", CONTEXT)):
-            modules += [
-                (f"{key}_{attention}_to_q", channels, channels),
-                (f"{key}_{attention}_to_out_0", channels, channels),
-            ]
-            modules += [(f"{key}_{attention}_to_k", source, channels), (f"{key}_{attention}_to_v", source, channels)]
-    return modules
+    return modules + unet_attention_lora(blocks, CONTEXT)
 
 
 _DTYPES = {"torch.float16": "F16", "torch.float32": "F32", "torch.int64": "I64"}
