@@ -49,7 +49,7 @@ from host_common import (
     tolerance,
 )
 
-CLAIMED = ("sd15", "sd2", "sdxl")  # what the README claims for the extension in A1111
+CLAIMED = ("sd15", "sd2", "sdxl")  # the families the extension is built for in A1111
 IMPLEMENTED = ("sd15", "sd2", "sdxl")
 TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
 # The repositories `modules/launch_utils.py` of v1.10.1 pins: folder -> (its URL, commit)

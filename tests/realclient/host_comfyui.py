@@ -50,8 +50,9 @@ from host_common import (
     say,
 )
 
-CLAIMED = ("sd15", "sd2", "sdxl", "sd35", "flux-dev")  # what the README claims for the node
-IMPLEMENTED = ("sd15", "sd2", "sdxl")
+# the families the node is built for (the default of `--models`)
+CLAIMED = ("sd15", "sd2", "sdxl", "sd35", "flux-dev", "flux-schnell", "chroma")
+IMPLEMENTED = ("sd15", "sd2", "sdxl")  # single files; the split-file families: `comfyui_families`
 TORCH_PINS = ("torch==2.8.0", "torchvision==0.23.0", "torchaudio==2.8.0", "transformers==4.57.1")
 NODE_FOLDER = "follow-the-flow"
 CHAIN_ONLY = os.environ.get("REALCLIENT_ONLY") == "chain"  # only the chain rows (a short run while iterating)

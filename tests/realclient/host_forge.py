@@ -57,7 +57,8 @@ from host_common import (
     tolerance,
 )
 
-CLAIMED = ("sd15", "sdxl", "sd35", "flux-dev", "flux-schnell", "chroma")  # what the README claims in Forge
+# the families the extension is built for in Forge (the default of `--models`)
+CLAIMED = ("sd15", "sdxl", "sd35", "flux-dev", "flux-schnell", "chroma")
 IMPLEMENTED = ("sd15", "sdxl", "flux-dev", "flux-schnell")
 # Families read from split files, as `tools/random_checkpoint.py --family F --out <host-dir>/realclient-models/F`
 # writes them: Forge's model folder -> the file, relative to that folder; Forge loads them as "VAE / Text Encoder"
