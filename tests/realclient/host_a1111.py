@@ -215,7 +215,11 @@ class WebUI:
             if time.monotonic() > deadline:
                 raise TimeoutError("no 'Startup time:' in the log")
             time.sleep(1)
-        if self.switch_to:  # the WebUI's own checkpoint switch; it answers once the model is loaded
+        if self.switch_to:  # the WebUI's own checkpoint switch, once the first model has loaded (and set its dtype)
+            while "Model loaded in" not in self.server.log.read_text(encoding="utf-8", errors="replace"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no 'Model loaded in' in the log")
+                time.sleep(1)
             http_json(f"{self.url}/sdapi/v1/options", {"sd_model_checkpoint": self.switch_to.name}, timeout=600)
             loaded = http_json(f"{self.url}/sdapi/v1/options")["sd_model_checkpoint"]
             if Path(self.switch_to.name).stem not in loaded:
@@ -232,7 +236,8 @@ class WebUI:
             "height": 64,
             "sampler_name": "Euler",
             "cfg_scale": 7,
-            "override_settings": settings or {},
+            # live previews would download an approximation model (SDXL) the first time
+            "override_settings": {"live_previews_enable": False, **(settings or {})},
         }
         if ftf is not None:
             payload["alwayson_scripts"] = {"Follow the Flow": {"args": ftf}}
