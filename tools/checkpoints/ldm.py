@@ -56,20 +56,34 @@ def spatial_transformer(
     yield from _projection(f"{key}.proj_out", channels, linear_proj)
 
 
-def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768, linear_proj: bool = False) -> Iterator[Tensor]:
-    """SD 1.x's UNet (also SD 2.x's, with `context` 1024 and `linear_proj`): 320 channels, multipliers 1, 2, 4, 4, two
-    res blocks a level, attention on the first three."""
-    base, mults, attention_levels, emb = 320, (1, 2, 4, 4), (0, 1, 2), 1280
+def unet(
+    prefix: str = "model.diffusion_model.",
+    context: int = 768,
+    linear_proj: bool = False,
+    mults: tuple[int, ...] = (1, 2, 4, 4),
+    depths: tuple[int, ...] = (1, 1, 1, 0),
+    middle_depth: int = 1,
+    adm: int = 0,
+) -> Iterator[Tensor]:
+    """ldm's `UNetModel` of 320 channels and two res blocks a level: by default SD 1.x's (multipliers 1, 2, 4, 4,
+    one transformer block on the first three levels); SD 2.x's with `context` 1024 and `linear_proj`; SDXL's with
+    its multipliers, transformer `depths` a level (0: none), `middle_depth` and the `label_emb` of an `adm`-wide
+    vector."""
+    base, emb = 320, 1280
     yield from linear(f"{prefix}time_embed.0", emb, base)
     yield from linear(f"{prefix}time_embed.2", emb, emb)
+    if adm:
+        yield from linear(f"{prefix}label_emb.0.0", emb, adm)
+        yield from linear(f"{prefix}label_emb.0.2", emb, emb)
     yield from conv(f"{prefix}input_blocks.0.0", base, 4, 3)
     skips, channels, index = [base], base, 1
     for level, mult in enumerate(mults):
         for _ in range(2):
             yield from res_block(f"{prefix}input_blocks.{index}.0", channels, base * mult, emb)
             channels = base * mult
-            if level in attention_levels:
-                yield from spatial_transformer(f"{prefix}input_blocks.{index}.1", channels, context, linear_proj)
+            if depths[level]:
+                key = f"{prefix}input_blocks.{index}.1"
+                yield from spatial_transformer(key, channels, context, linear_proj, depths[level])
             skips.append(channels)
             index += 1
         if level != len(mults) - 1:
@@ -77,7 +91,7 @@ def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768, linear_
             skips.append(channels)
             index += 1
     yield from res_block(f"{prefix}middle_block.0", channels, channels, emb)
-    yield from spatial_transformer(f"{prefix}middle_block.1", channels, context, linear_proj)
+    yield from spatial_transformer(f"{prefix}middle_block.1", channels, context, linear_proj, middle_depth)
     yield from res_block(f"{prefix}middle_block.2", channels, channels, emb)
     index = 0
     for level, mult in reversed(list(enumerate(mults))):
@@ -86,8 +100,8 @@ def sd1_unet(prefix: str = "model.diffusion_model.", context: int = 768, linear_
             yield from res_block(f"{key}.0", channels + skips.pop(), base * mult, emb)
             channels = base * mult
             layer = 1
-            if level in attention_levels:
-                yield from spatial_transformer(f"{key}.1", channels, context, linear_proj)
+            if depths[level]:
+                yield from spatial_transformer(f"{key}.1", channels, context, linear_proj, depths[level])
                 layer = 2
             if level and block == 2:
                 yield from conv(f"{key}.{layer}.conv", channels, channels, 3)
@@ -238,7 +252,7 @@ def schedule(steps: int = 1000, start: float = 0.00085, end: float = 0.012) -> d
 
 def sd15_layout() -> list[Tensor]:
     """Every key of an SD 1.5 single file (`v1-5-pruned-emaonly` layout): UNet, VAE, CLIP-L, schedule."""
-    tensors = [*sd1_unet(), *kl_vae(), *clip_text("cond_stage_model.transformer.text_model.")]
+    tensors = [*unet(), *kl_vae(), *clip_text("cond_stage_model.transformer.text_model.")]
     return tensors + [Tensor(name, (1000,), "buffer") for name in SCHEDULE_BUFFERS]
 
 
@@ -293,7 +307,7 @@ def write_sd15(out: Path, seed: int, lora: bool) -> list[Path]:
 def sd2_layout() -> list[Tensor]:
     """Every key of an SD 2.1 768-v single file (`v2-inference-v.yaml`): UNet with context 1024 and linear
     projections, VAE, OpenCLIP ViT-H/14's text tower, schedule."""
-    tensors = [*sd1_unet(context=1024, linear_proj=True), *kl_vae()]
+    tensors = [*unet(context=1024, linear_proj=True), *kl_vae()]
     tensors += open_clip_text("cond_stage_model.model.", 1024, 24)
     return tensors + [Tensor(name, (1000,), "buffer") for name in SCHEDULE_BUFFERS]
 

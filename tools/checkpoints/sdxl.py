@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-from checkpoints.common import Tensor, conv, fill, linear, norm, write_lora
+from checkpoints.common import Tensor, fill, write_lora
 from checkpoints.ldm import (
     clip_text,
     kl_vae,
     logit_scale,
     open_clip_text,
-    res_block,
-    spatial_transformer,
     text_lora_modules,
+    unet,
     unet_attention_lora,
 )
 
@@ -31,52 +29,12 @@ DEPTHS = (0, 2, 10)  # transformer blocks a level; the middle block takes the la
 OPEN_CLIP = "conditioner.embedders.1.model."
 
 
-def sdxl_unet(prefix: str = "model.diffusion_model.") -> Iterator[Tensor]:
-    """SDXL's UNet: 320 channels, multipliers 1, 2, 4, two res blocks a level, transformer depth 0, 2, 10 with
-    linear projections and context 2048, and the `label_emb` of the 2816-wide vector."""
-    base, mults, emb = 320, (1, 2, 4), 1280
-    yield from linear(f"{prefix}time_embed.0", emb, base)
-    yield from linear(f"{prefix}time_embed.2", emb, emb)
-    yield from linear(f"{prefix}label_emb.0.0", emb, ADM)
-    yield from linear(f"{prefix}label_emb.0.2", emb, emb)
-    yield from conv(f"{prefix}input_blocks.0.0", base, 4, 3)
-    skips, channels, index = [base], base, 1
-    for level, mult in enumerate(mults):
-        for _ in range(2):
-            yield from res_block(f"{prefix}input_blocks.{index}.0", channels, base * mult, emb)
-            channels = base * mult
-            if DEPTHS[level]:
-                key = f"{prefix}input_blocks.{index}.1"
-                yield from spatial_transformer(key, channels, CONTEXT, linear_proj=True, depth=DEPTHS[level])
-            skips.append(channels)
-            index += 1
-        if level != len(mults) - 1:
-            yield from conv(f"{prefix}input_blocks.{index}.0.op", channels, channels, 3)
-            skips.append(channels)
-            index += 1
-    yield from res_block(f"{prefix}middle_block.0", channels, channels, emb)
-    yield from spatial_transformer(f"{prefix}middle_block.1", channels, CONTEXT, linear_proj=True, depth=DEPTHS[-1])
-    yield from res_block(f"{prefix}middle_block.2", channels, channels, emb)
-    index = 0
-    for level, mult in reversed(list(enumerate(mults))):
-        for block in range(3):
-            key = f"{prefix}output_blocks.{index}"
-            yield from res_block(f"{key}.0", channels + skips.pop(), base * mult, emb)
-            channels = base * mult
-            layer = 1
-            if DEPTHS[level]:
-                yield from spatial_transformer(f"{key}.1", channels, CONTEXT, linear_proj=True, depth=DEPTHS[level])
-                layer = 2
-            if level and block == 2:
-                yield from conv(f"{key}.{layer}.conv", channels, channels, 3)
-            index += 1
-    yield from norm(f"{prefix}out.0", base)
-    yield from conv(f"{prefix}out.2", 4, base, 3)
-
-
 def sdxl_layout() -> list[Tensor]:
     """Every key of an SDXL base single file (`sd_xl_base_1.0` layout): UNet, both text encoders, VAE."""
-    tensors = [*sdxl_unet(), *clip_text("conditioner.embedders.0.transformer.text_model.")]
+    tensors = [
+        *unet(context=CONTEXT, linear_proj=True, mults=(1, 2, 4), depths=DEPTHS, middle_depth=DEPTHS[-1], adm=ADM)
+    ]
+    tensors += clip_text("conditioner.embedders.0.transformer.text_model.")
     return tensors + [*open_clip_text(OPEN_CLIP, 1280, 32), *kl_vae()]
 
 
