@@ -11,6 +11,10 @@ by ComfyUI itself (`clip.tokenize`, `clip.encode_from_tokens_scheduled`), so eve
 4. Put the weighting back on the patched items' rows as ComfyUI would weigh the item's text encoded alone (its
    empty rows at the item's own positions) and write those rows only: every other row, and the pooled
    output, stay as ComfyUI encoded them.
+
+HiDream's Llama rows are not in `cond` but in the extras (`conditioning_llama3`, every layer): scored on one
+layer, patched in all of them (`llm.LlamaStackPart`). Lumina 2's system prompt goes before the text, as
+`CLIPTextEncodeLumina2` puts it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from flowcore.progress import CalibrationLog
 from flowcore.report import FlowReport
 
 from .layout import KeyLayout, MappingError, plain_text
+from .llm import system_prompt_prefix
 from .parts import comfy_fragments, parts_for
 
 logger = logging.getLogger("follow_the_flow")
@@ -70,8 +75,9 @@ def patcher_for(part, clip) -> FlowPatcher:
     return patcher
 
 
-def encode(clip, text: str, options: FlowOptions) -> Outcome:
-    """`text` (markers allowed) as `CLIPTextEncode` encodes it without its markers, then patched.
+def encode(clip, text: str, options: FlowOptions, system_prompt: str | None = None) -> Outcome:
+    """`text` (markers allowed) as `CLIPTextEncode` encodes it without its markers (for Lumina 2, as
+    `CLIPTextEncodeLumina2` does with `system_prompt`), then patched.
 
     *Markers only* with no marker returns ComfyUI's conditioning untouched, without running spaCy. Anything that
     goes wrong while patching leaves ComfyUI's conditioning as it is, with the reason in `problems`; errors of
@@ -79,7 +85,8 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
     if clip is None:
         raise RuntimeError("The clip input is None: the checkpoint loader gave no text encoder.")
     marked = parse_markers(text)
-    tokens = clip.tokenize(marked.text)
+    prefix = system_prompt_prefix(clip, system_prompt)
+    tokens = clip.tokenize(prefix + marked.text)
     conditioning = clip.encode_from_tokens_scheduled(tokens)
     outcome = Outcome(conditioning, notes=list(marked.warnings))
     if not options.parse and not marked.spans and not options.remove_redundant:
@@ -90,7 +97,9 @@ def encode(clip, text: str, options: FlowOptions) -> Outcome:
         _warn_once(version_problem())
         return outcome
     try:
-        outcome.conditioning, outcome.reports = patch_conditioning(clip, conditioning, text, marked.text, options)
+        outcome.conditioning, outcome.reports = patch_conditioning(
+            clip, conditioning, text, marked.text, options, prefix
+        )
     except (MappingError, FlowcoreError, NotImplementedError) as error:
         outcome.problems.append(f"left unpatched: {error}")
     except Exception as error:  # never break the workflow: the image is generated unpatched
@@ -109,36 +118,54 @@ def _warn_once(message: str) -> None:
     logger.warning("[Follow the Flow] %s", message)
 
 
-def patch_conditioning(clip, conditioning: list, marked_text: str, line: str, options: FlowOptions):
-    """ComfyUI's conditioning of `line` (the prompt without markers) with the leaked items' rows patched (see
-    the module docstring); returns the new conditioning and each part's report."""
+def patch_conditioning(clip, conditioning: list, marked_text: str, line: str, options: FlowOptions, prefix: str = ""):
+    """ComfyUI's conditioning of `line` (the prompt without markers; `prefix` before it, Lumina 2's system
+    prompt) with the leaked items' rows patched (see the module docstring); returns the new conditioning and
+    each part's report. Parts are the conditioning's rows side by side (CLIP, T5, a language model), or a
+    tensor of every layer in the extras (HiDream's `conditioning_llama3`)."""
     if len(conditioning) != 1:
         raise MappingError(f"{len(conditioning)} conditionings for one prompt (scheduled CLIP hooks)")
     cond, extras = conditioning[0]
     if cond.ndim != 3 or cond.shape[0] != 1:
         raise MappingError(f"a conditioning of shape {tuple(cond.shape)}")
-    parts = parts_for(clip)
+    parts = parts_for(clip, prefix)
     clip.load_model()
-    tokens = clip.tokenize(line, return_word_ids=True)
+    tokens = clip.tokenize(prefix + line, return_word_ids=True)
     lines = [part.line_layout(line, tokens) for part in parts]
-    starts = [sum(laid.layout.n_rows for laid in lines[:index]) for index in range(len(lines))]
-    total = starts[-1] + lines[-1].layout.n_rows
-    widest = max(columns.stop for part in parts for columns in part.columns)
-    if cond.shape[1] != total or cond.shape[2] < widest:
+    in_rows = [not hasattr(part, "extra_key") for part in parts]
+    starts, total = [], 0
+    for laid, rows in zip(lines, in_rows):
+        starts.append(total)
+        total += laid.layout.n_rows if rows else 0
+    widest = max((columns.stop for part, rows in zip(parts, in_rows) if rows for columns in part.columns), default=0)
+    if any(in_rows) and (cond.shape[1] != total or cond.shape[2] < widest):
         raise MappingError(f"{tuple(cond.shape[1:])} conditioning rows for parts of {[x.layout.n_rows for x in lines]}")
-    marked_plain = plain_text(comfy_fragments(marked_text))
-    if any(parse_markers(marked_plain).text != laid.layout.text for laid in lines):
+    readings = [_plain(part, marked_text) for part in parts]
+    if len(set(readings)) != 1 or any(parse_markers(r).text != x.layout.text for r, x in zip(readings, lines)):
         raise MappingError("the markers change how ComfyUI parses the prompt's weights")
+    marked_plain = readings[0]
 
     joint = []
-    for part, laid, start in zip(parts, lines, starts):
-        rows = cond[0, start : start + laid.layout.n_rows]
-        raw = torch.cat([rows[:, columns] for columns in part.columns], dim=-1).to(part.device, torch.float32)
-        joint.append(Part(part.name, patcher_for(part, clip), _unweighted(part, raw, laid), laid.layout))
+    for part, laid, start, rows in zip(parts, lines, starts, in_rows):
+        if rows:
+            cut = cond[0, start : start + laid.layout.n_rows]
+            raw = torch.cat([cut[:, columns] for columns in part.columns], dim=-1).to(part.device, torch.float32)
+            scored = _unweighted(part, raw, laid)
+        else:  # every layer in the extras, scored on one
+            scored = _unweighted_stack(part, extras, laid)[part.score_layer]
+        joint.append(Part(part.name, patcher_for(part, clip), scored, laid.layout))
     results = patch_jointly(joint, marked_plain, options)
+    for part, result in zip(parts, results):
+        if not getattr(part, "weighted", True) and any(piece.weight != 1 for piece in comfy_fragments(line)):
+            result.report.warnings.append(
+                f"ComfyUI reads weights as text for this model ({part.name}): (word:1.2) is not applied, here neither."
+            )
 
-    patched = cond.clone()
-    for part, laid, start, result in zip(parts, lines, starts, results):
+    patched, new_extras = cond.clone(), dict(extras)
+    for part, laid, start, result, rows in zip(parts, lines, starts, results, in_rows):
+        if not rows:
+            new_extras[part.extra_key] = _patched_stack(part, extras[part.extra_key], laid, result.report)
+            continue
         for entry in result.report.items:
             if not entry.patched:
                 continue
@@ -149,7 +176,55 @@ def patch_conditioning(clip, conditioning: list, marked_text: str, line: str, op
                 target = values[:, first : first + width].to(device=cond.device, dtype=cond.dtype)
                 patched[0, [start + row for row in entry.rows], columns] = target
                 first += width
-    return [[patched, extras]], [(part.name, result.report) for part, result in zip(parts, results)]
+    return [[patched, new_extras]], [(part.name, result.report) for part, result in zip(parts, results)]
+
+
+def _plain(part, marked_text: str) -> str:
+    """The marked prompt as the part reads it (weight syntax parsed, or for weights off, only escapes)."""
+    plain = getattr(part, "plain", None)
+    return plain(marked_text) if plain is not None else plain_text(comfy_fragments(marked_text))
+
+
+def _stack_weights(part, laid: KeyLayout, entries: int) -> torch.Tensor:
+    """Per stacked entry, the weight ComfyUI moved it by (`llm.LlamaStackPart.entry_weights`); a weight of 0
+    cannot be taken out."""
+    weights = part.entry_weights(laid.weights, entries)
+    if bool((weights == 0).any()):
+        raise MappingError("a weight of 0 in the first tokens of a HiDream prompt (it wipes a whole Llama layer)")
+    return weights
+
+
+def _unweighted_stack(part, extras: dict, laid: KeyLayout) -> torch.Tensor:
+    """The stacked layers `(entries, rows, width)` in float32 with ComfyUI's per-entry weighting taken out."""
+    stack = extras.get(part.extra_key)
+    if stack is None or stack.ndim != 4 or stack.shape[0] != 1 or stack.shape[2] != laid.layout.n_rows:
+        raise MappingError(f"{part.extra_key} is not every layer of the prompt's {laid.layout.n_rows} tokens")
+    raw = stack[0].to(part.device, torch.float32)
+    weights = _stack_weights(part, laid, raw.shape[0])
+    if bool((weights == 1).all()):
+        return raw
+    empty = part.empty_stack(laid.layout.n_rows).to(raw.device)
+    scale = weights.to(raw.device)[:, None, None]
+    return (raw - empty) / scale + empty
+
+
+def _patched_stack(part, stack: torch.Tensor, laid: KeyLayout, report) -> torch.Tensor:
+    """ComfyUI's stack with each patched item's rows, in every entry, replaced by the item alone in every entry
+    (weighted as ComfyUI weighted that entry of this prompt)."""
+    patched = stack.clone()
+    weights = _stack_weights(part, laid, stack.shape[1]).to(part.device)
+    empty = part.empty_stack(laid.layout.n_rows) if bool((weights != 1).any()) else None
+    token_rows = dict(laid.layout.token_rows())
+    for entry in report.items:
+        if not entry.patched:
+            continue
+        ids = [token_rows[row].id for row in entry.rows]
+        alone = part.stack_alone(ids, laid.layout.leading)
+        if empty is not None:
+            rows_empty = empty[:, entry.rows].to(alone.device)
+            alone = (alone - rows_empty) * weights[:, None, None] + rows_empty
+        patched[0][:, entry.rows] = alone.to(device=stack.device, dtype=stack.dtype)
+    return patched
 
 
 def _unweighted(part, raw: torch.Tensor, laid: KeyLayout) -> torch.Tensor:

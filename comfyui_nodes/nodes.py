@@ -1,4 +1,5 @@
-"""The ComfyUI nodes: *Follow the Flow Text Encode*, a stand-in for `CLIPTextEncode`."""
+"""The ComfyUI nodes: *Follow the Flow Text Encode*, a stand-in for `CLIPTextEncode` (and, with its
+`system_prompt`, for `CLIPTextEncodeLumina2`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flowcore.options import FlowOptions
 
 from . import conditioning, report
 
+SYSTEM_PROMPTS = ("superior", "alignment")  # the names of `CLIPTextEncodeLumina2`'s system prompts
 MODE_AUTOMATIC = "Automatic"
 MODE_MARKERS = "Markers only"
 MODE_EVERY = "Every item"
@@ -58,7 +60,17 @@ class FollowTheFlowTextEncode:
                         "anyway is 0 at 0, about 1 in 10 at 0.5, 1 in 3 at 0.75, all at 1, on every model.",
                     },
                 ),
-            }
+            },
+            "optional": {
+                "system_prompt": (
+                    [*SYSTEM_PROMPTS, "none"],
+                    {
+                        "default": SYSTEM_PROMPTS[0],
+                        "tooltip": "Lumina 2 only (other models ignore it): the system prompt put before the text, as "
+                        "CLIP Text Encode for Lumina2 does; none: the text alone, as CLIP Text Encode does.",
+                    },
+                ),
+            },
         }
 
     RETURN_TYPES = ("CONDITIONING", "STRING", "IMAGE")
@@ -75,9 +87,11 @@ class FollowTheFlowTextEncode:
         "with their encoding alone (Follow the Flow)."
     )
 
-    def encode(self, clip, text: str, mode: str = MODE_AUTOMATIC, sensitivity: float = 0.5):
+    def encode(
+        self, clip, text: str, mode: str = MODE_AUTOMATIC, sensitivity: float = 0.5, system_prompt: str = "superior"
+    ):
         options = MODES.get(mode, MODES[MODE_AUTOMATIC])(min(1.0, max(0.0, float(sensitivity))))
-        outcome = conditioning.encode(clip, text, options)
+        outcome = conditioning.encode(clip, text, options, system_prompt)
         heading = f"Follow the Flow: {mode}" + (f", sensitivity {sensitivity:.2f}" if options.detect else "")
         return outcome.conditioning, report.text(outcome, heading), report.image(outcome, heading)
 

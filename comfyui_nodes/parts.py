@@ -9,6 +9,8 @@ What a CONDITIONING's rows hold, per family (ComfyUI 0.3.x, `clip.cond_stage_mod
 | SD 3.5 | `SD3ClipModel` ("l", "g", "t5xxl") | L, G side by side, zero-padded to T5's width; then T5 | CLIP, T5 |
 | Flux | `FluxClipModel` ("l", "t5xxl") | T5 (CLIP-L gives the pooled vector only) | T5 |
 | Chroma, PixArt | `PixArtT5XXL` ("t5xxl") | T5, not padded; weights move toward an all-padding prompt | T5 |
+| Lumina 2, Qwen-Image | a language model (see `llm`) | the model's rows | the model |
+| HiDream | `HiDreamTEModel` (see `llm`) | T5; every Llama layer in `conditioning_llama3` | T5, Llama |
 
 CLIP rows: items alone go through ComfyUI's own `CLIPTextModel` modules (its embedding table, layers and final
 norm, with the layer `CLIPSetLastLayer` chose), packed into one forward call per transformer at the positions
@@ -32,6 +34,7 @@ from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_
 from flowcore.encoders.clip import Tower, TowerEncoder
 from flowcore.layout import PromptLayout, Token
 
+from . import llm
 from .layout import Fragment, KeyLayout, MappingError, escape, fragments, key_layout, token_spans, vector_key
 
 SD3_CLIP_L_WIDTH = 768  # where ComfyUI puts CLIP-G's rows in an SD 3 conditioning without CLIP-L
@@ -368,13 +371,17 @@ def _width(model) -> int:
     return int(model.transformer.get_input_embeddings().weight.shape[-1])
 
 
-def parts_for(clip) -> list[ClipPart | T5Part]:
-    """The parts of `clip`'s conditioning rows, in row order (see the module docstring). Raises
+def parts_for(clip, prefix: str = "") -> list:
+    """The parts of `clip`'s conditioning, in row order (see the module docstring; the language-model families
+    in `llm`); `prefix` is the text the node puts before the prompt (Lumina 2's system prompt). Raises
     `MappingError` for a text encoder this does not know."""
     from comfy import sd1_clip, sdxl_clip
     from comfy.text_encoders import flux, sd3_clip
 
     model = clip.cond_stage_model
+    found = llm.parts_for(clip, prefix)
+    if found is not None:
+        return found
     if isinstance(model, sd3_clip.SD3ClipModel):
         parts: list = []
         l_model, g_model = model.clip_l, model.clip_g
@@ -414,3 +421,22 @@ def parts_for(clip) -> list[ClipPart | T5Part]:
         if _is_t5(inner):  # PixArt / Chroma (`pixart_t5.PixArtT5XXL`): T5-XXL alone, no pooled vector
             return [T5Part(clip, model.clip_name, inner)]
     raise MappingError(f"the text encoder {type(model).__name__} is not one Follow the Flow knows")
+
+
+class FirstChunkT5Part(T5Part):
+    """HiDream's T5: ComfyUI keeps only the first chunk of the prompt's T5 tokens (127 tokens and the end
+    token); items after it have no rows there (the report says so), an item across its end keeps its first
+    tokens."""
+
+    def line_layout(self, line: str, tokens: dict) -> KeyLayout:
+        key = self.keys[0]
+        options = getattr(self.clip, "tokenizer_options", {}) or {}
+        whole = _key_tokenizer(self.clip.tokenizer, key).tokenize_with_weights(
+            line, True, **({"tokenizer_options": options} if options else {})
+        )
+        if not whole or [entry[:2] for entry in whole[0]] != [entry[:2] for entry in tokens[key][0]]:
+            raise MappingError("HiDream's T5 tokens are not the first chunk of the prompt's")
+        laid = super().line_layout(line, {key: whole})
+        rows = laid.layout.format.rows
+        first = PromptLayout(laid.layout.text, laid.layout.chunks[:1], laid.layout.format)
+        return KeyLayout(first, laid.weights[:rows], laid.vectors)

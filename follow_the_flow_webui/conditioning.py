@@ -248,9 +248,11 @@ def patch_pass(
             result.problems.append(str(error))
             continue
         result.reports += reports
-        for image in target.images:
+        for image in target.images:  # an item patched in several parts (SD 3.5: CLIP and T5) is named once
             items = result.patched_items.setdefault(image, [])
-            items += [item.text for report in reports for item in report.patched_items if item.text not in items]
+            for text in (item.text for report in reports for item in report.patched_items):
+                if text not in items:
+                    items.append(text)
         if len(changed):
             writes.append((target.cond, changed + target.start, values))
     for rows, changed, values in writes:

@@ -11,4 +11,4 @@ for folder in (TESTS, FOLDER):
     if folder not in sys.path:
         sys.path.insert(0, folder)
 
-from comfy_standin_builders import FAMILIES, add_embedding, make_clip, make_lora  # noqa: E402, F401
+from comfy_standin_builders import FAMILIES, LLM_FAMILIES, add_embedding, make_clip, make_lora  # noqa: E402, F401

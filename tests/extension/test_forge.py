@@ -183,3 +183,12 @@ def test_an_unknown_forge_model_is_skipped_with_one_message(monkeypatch, caplog)
     messages = [r.getMessage() for r in caplog.records if r.name == "follow_the_flow"]
     assert len(messages) == 1 and "no text engine" in messages[0]
     assert not errors.reported
+
+
+def test_sd35_infotext_names_an_item_patched_in_the_clip_and_the_t5_rows_once():
+    """Found in the real Forge: "FtF patched: standing zebra; standing zebra" (one name per encoder's part)."""
+    webui = make_webui("forge-sd35", with_script=True)
+    shared.opts.data.update({"sd3_enable_t5": True})
+    res = webui.txt2img(prompt=MARKED, alwayson=on())
+    entry = res.infotexts[0].split("FtF patched: ")[1].split(",")[0]
+    assert entry == "standing zebra"

@@ -435,6 +435,13 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out, start=Non
             "item in the second chunk",
             probe("chunk2", f"{filler}, {MARKED}", f"{filler}, {PROMPT}", zebra, markers, None, named),
         )
+        lora_settings, lora_note = None, ""
+        if family == "sdxl":  # once a LoRA is loaded, the default mode copies every weight it may change, UNet too
+            lora_settings = {"lora_functional": True}
+            lora_note = (
+                " (the WebUI's functional LoRA mode: in its default mode the WebUI keeps a copy of every weight of the "
+                "model once a LoRA is loaded, and fp32 SDXL was killed out of memory at 24.4 GB on this machine)"
+            )
         row(
             "LoRA on the text encoder",
             probe(
@@ -443,8 +450,9 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out, start=Non
                 PROMPT,
                 zebra,
                 markers,
-                None,
+                lora_settings,
                 named,
+                lora_note,
                 networks=[[lora, lora_count]],
             ),
         )

@@ -8,7 +8,8 @@
    `flowcore analyze` on it; `inside_comfyui.py` in ComfyUI's Python (rows compared with ComfyUI's own encodes);
    `chain_comfyui.py` for `CHAIN_FAMILIES` (the node through ComfyUI's conditioning nodes and LoRA loaders to the
    sampler's first step).
-   SD 3.5, Flux and Chroma (split files, their own loaders and checks): `comfyui_families.py`.
+   SD 3.5, Flux and Chroma (split files, their own loaders and checks): `comfyui_families.py`; Lumina 2,
+   Qwen-Image and HiDream (a language model as text encoder; asked for with `--models`): `comfyui_llm.py`.
 4. The server (`main.py --cpu`, one thread), driven through its HTTP API: the node in `/object_info`; images
    (64x64, 2 steps, Euler) compared pixel by pixel; a workflow chaining the conditioning nodes after the node;
    its log read for tracebacks after a PID-based stop.
@@ -31,8 +32,10 @@ import urllib.request
 from pathlib import Path
 
 import comfyui_families
+import comfyui_llm
 from host_common import (
     NOT_IMPLEMENTED,
+    NOT_RUN,
     REPO,
     Row,
     Server,
@@ -123,6 +126,9 @@ def check(args, out: Path) -> list[Row]:
         if name in comfyui_families.FAMILY_VARIANTS:  # SD 3.5, Flux, Chroma: split files, their own loaders
             rows += comfyui_families.check(host, name, python, host_dir, node_dir, out)
             continue
+        if name in comfyui_llm.FAMILIES:  # Lumina 2, Qwen-Image, HiDream: a language model as text encoder
+            rows += comfyui_llm.check(host, name, python, host_dir, node_dir, out)
+            continue
         if name not in IMPLEMENTED:
             rows.append(Row(host, name, "-", "all checks", NOT_IMPLEMENTED, detail="not implemented yet"))
             continue
@@ -190,7 +196,7 @@ def script_rows(host, family, command, host_dir, log: Path, name: str, out) -> l
                     family,
                     found["model_type"],
                     found["check"],
-                    found["ok"],
+                    NOT_RUN if found["ok"] == "not run" else found["ok"],
                     found["max_diff"],
                     found["peak_mb"],
                     found["seconds"],

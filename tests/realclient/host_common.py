@@ -18,9 +18,23 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_IMPLEMENTED = None  # a row's `ok` for a family or host the suite cannot check yet
 
 
+class _NotRun:
+    """A row's `ok` for a check the suite has but did not run, for the reason in the row's detail (a measured cost,
+    a file no family has). Falsy, so it never counts as passed; it never fails a run either."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_RUN"
+
+
+NOT_RUN = _NotRun()
+
+
 @dataclass
 class Row:
-    """One check of one host and family; `ok` is True, False or `NOT_IMPLEMENTED`."""
+    """One check of one host and family; `ok` is True, False, `NOT_IMPLEMENTED` or `NOT_RUN`."""
 
     host: str
     family: str
@@ -59,7 +73,7 @@ def table(rows: list[Row]) -> str:
             row.family,
             row.model_type,
             row.check,
-            "PASS" if row.ok else "not implemented" if row.ok is NOT_IMPLEMENTED else "FAIL",
+            _result(row),
             _number(row.max_diff),
             "-" if row.peak_mb is None else f"{row.peak_mb:.0f}",
             "-" if row.seconds is None else f"{row.seconds:.1f}",
@@ -70,11 +84,27 @@ def table(rows: list[Row]) -> str:
     lines = [" | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [header, *cells]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     details = [f"{n + 1:>3}. {row.check}: {row.detail}" for n, row in enumerate(rows) if row.detail]
-    return "\n".join(lines + ["", "details:", *details])
+    not_run = [str(n + 1) for n, row in enumerate(rows) if row.ok is NOT_RUN]
+    summary = []
+    if not_run:
+        failed = sum(row.ok is False for row in rows)
+        summary = [
+            "",
+            f"{len(not_run)} rows NOT RUN (rows {', '.join(not_run)}; reasons in their details): "
+            + (f"{failed} other rows failed" if failed else "no row that ran failed, but these checks are not shown"),
+        ]
+    return "\n".join(lines + ["", "details:", *details, *summary])
+
+
+def _result(row: Row) -> str:
+    if row.ok is NOT_RUN:
+        return "not run"
+    return "PASS" if row.ok else "not implemented" if row.ok is NOT_IMPLEMENTED else "FAIL"
 
 
 def exit_status(rows: list[Row]) -> int:
-    """0 when every row passed, 1 when one failed, 2 when none failed but some are not implemented yet."""
+    """0 when every row passed or was not run (`NOT_RUN`, said in the table's summary), 1 when one failed, 2 when
+    none failed but some are not implemented yet."""
     if any(row.ok is False for row in rows) or not rows:
         return 1
     return 2 if any(row.ok is NOT_IMPLEMENTED for row in rows) else 0

@@ -4,20 +4,35 @@
    torchvision at Forge's pins, the `clip` package from `--deps/CLIP` (openai/CLIP at Forge's commit), the three
    wheels the built-in `forge_legacy_preprocessors` installer downloads (`--deps/wheels`), then Forge's own
    launcher (`launch.py --exit`: `requirements_versions.txt` and the built-in extensions' installers), and `joblib`
-   (the built-in soft-inpainting extension imports it, nothing installs it). Its pinned
+   (the built-in soft-inpainting extension imports it, nothing installs it), and `sentencepiece==0.2.0` (see
+   `SENTENCEPIECE`). Its pinned
    repositories come from `--deps` (one folder each, named as under `repositories/`) and become git folders at
    their commits, so the launcher never clones.
-2. Forge alone (no extension): its images, and its options saved as `config.json` with live previews off (so that
-   `override_settings` are restored after each request, and SDXL never asks for a preview model).
+2. Forge alone (no extension; a `STOPPED` family: with the probe only): its images, and its options saved as
+   `config.json` with live previews off (so that `override_settings` are restored after each request, and SDXL
+   never asks for a preview model).
 3. The extension copied to `extensions/follow-the-flow` with the probe (`forge_probe/`), which records the
    conditioning the sampler gets and compares it with Forge's own encodes (its text engine, never flowcore);
    `install.py` runs at the next launch; `pip freeze` before and after.
-4. Rows: the same as A1111's (`host_a1111.py`), and the model class and repository Forge detected.
+4. Rows: the same as A1111's (`host_a1111.py`), and the model class and repository Forge detected. The T5 families
+   (SD 3.5, Flux dev / schnell, Chroma) are read from split files (`SPLIT_FILES`) and get the checks their text
+   engines have (`t5_rows`); the checks they cannot have get a `NOT_RUN` row that says why. `$FTF_FORGE_SKIP`
+   (probe names: nonorm, clipskip, chunk2, every) leaves rows out of a run, as `NOT_RUN` rows that say so.
+
+| family | files (Forge's module folders) | rows of `crossattn` | sampling |
+|---|---|---|---|
+| sd35 | MMDiT, VAE, clip_l, clip_g, t5xxl fp8 | CLIP-L, CLIP-G side by side (77 a chunk), then T5 | runs |
+| flux-dev, flux-schnell | Flux, VAE, clip_l, t5xxl fp8 | T5 (256); CLIP-L: the pooled vector | stopped |
+| chroma | Chroma, VAE, t5xxl fp8 | T5, not padded | stopped |
+
+SD 3.5 runs with `sd3_enable_t5` on (see `write_config`); Forge reads MMDiT's depth from its width, so the random
+file samples. "stopped": see `STOPPED`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +54,7 @@ from host_a1111 import (
 )
 from host_common import (
     NOT_IMPLEMENTED,
+    NOT_RUN,
     REPO,
     Row,
     Server,
@@ -59,21 +75,36 @@ from host_common import (
 
 # the families the extension is built for in Forge (the default of `--models`)
 CLAIMED = ("sd15", "sdxl", "sd35", "flux-dev", "flux-schnell", "chroma")
-IMPLEMENTED = ("sd15", "sdxl", "flux-dev", "flux-schnell")
-# Families read from split files, as `tools/random_checkpoint.py --family F --out <host-dir>/realclient-models/F`
-# writes them: Forge's model folder -> the file, relative to that folder; Forge loads them as "VAE / Text Encoder"
-# modules (the `forge_additional_modules` setting) beside the diffusion model `F-random.safetensors`.
+IMPLEMENTED = CLAIMED
+# Families read from split files, as `tools/random_checkpoint.py --family F --out $FTF_MODELS_DIR/F` writes them
+# (default folder `<host-dir>/realclient-models`): the diffusion model `F/F-random.safetensors`, its VAE
+# `F/F-ae-random.safetensors` and the text encoders below, shared by the families in `text_encoders/`. Forge loads
+# the VAE and text encoders as "VAE / Text Encoder" modules (the `forge_additional_modules` setting). The T5 file
+# is fp8 (e4m3fn): Forge keeps a T5 state dict's fp8 as its storage type ("Using Detected T5 Data Type"), so
+# T5-XXL takes 4.7 GB and not 19 GB in float32.
 SPLIT_FILES = {
-    family: (
-        ("VAE", f"{family}-ae-random.safetensors"),
-        ("text_encoder", "../text_encoders/clip_l.safetensors"),
-        ("text_encoder", "../text_encoders/t5xxl_fp8_e4m3fn.safetensors"),
-    )
-    for family in ("flux-dev", "flux-schnell")
+    "sd35": ("clip_l", "clip_g", "t5xxl"),
+    "flux-dev": ("clip_l", "t5xxl"),
+    "flux-schnell": ("clip_l", "t5xxl"),
+    "chroma": ("t5xxl",),
 }
-T5_ONLY = (  # the checks a T5 family leaves out, and why
-    "emphasis, clip skip, BREAK, second chunk, LoRA, Every item, Automatic: not run for a T5 family (one T5-XXL "
-    "encode takes about a minute on a CPU; no Flux LoRA is written; Forge's T5 engine has one chunk)"
+ENCODER_FILES = {
+    "clip_l": "clip_l.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5xxl": "t5xxl_fp8_e4m3fn.safetensors",
+}
+# Families whose sampling the probe stops once step 0's conditioning is recorded: Forge builds Flux and Chroma at
+# the released depth whatever the file holds (huggingface_guess `detect_unet_config` sets 19 double and 38 single
+# blocks of width 3072 for any Flux-like keys), so the suite's random file (1 + 1 blocks) leaves the others without
+# weights, and the first step would fail. Their "pixel" rows compare the recorded conditioning instead.
+STOPPED = ("flux-dev", "flux-schnell", "chroma")
+T5_TAGS = "masterpiece, 1girl, red shoes, blue hair"  # few items: each T5-XXL encode costs tens of seconds
+T5_TAG_ITEMS = ["1girl", "red shoes", "blue hair"]
+CALIBRATION_PROMPTS = 182  # `flowcore/data/calibration_prompts.txt`: an *Automatic* calibration encodes each
+COND_DIFF = (  # the largest difference of two recorded conditionings (-1 when their tensors or shapes differ)
+    "import sys; from safetensors.torch import load_file; a, b = (load_file(p) for p in sys.argv[1:3]); "
+    "print(-1 if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a) "
+    "else max(float((a[k] - b[k]).abs().max()) for k in a))"
 )
 TORCH_PINS = ("torch==2.3.1", "torchvision==0.18.1")
 # The repositories `modules/launch_utils.py` of f2.0.1v1.10.1 clones: folder -> (its URL, commit)
@@ -103,6 +134,10 @@ FLAGS = [
     "--skip-python-version-check",
     "--no-download-sd-model",
 ]
+# open-clip-torch pulls the newest sentencepiece, whose model_pb2 (0.2.1 on) needs protobuf 5; Forge pins protobuf
+# 3.20.0. SD 3.5's T5 tokenizer (`add_prefix_space`) is converted from its slow one through that module, so without
+# this pin Forge cannot load SD 3.5 ("cannot import name 'runtime_version' from 'google.protobuf'").
+SENTENCEPIECE = "sentencepiece==0.2.0"
 SETUP_DONE = "realclient-setup-done"  # written into the venv once the launcher filled it
 
 
@@ -177,6 +212,7 @@ def make_python(host_dir: Path, deps: Path | None, out: Path) -> str:
     run([*pip, *map(str, wheels)], log, env=env)
     run([str(python), "launch.py", *FLAGS, "--exit"], log, cwd=host_dir, env=env)
     run([*pip, "joblib"], log, env=env)  # the built-in soft-inpainting extension imports it; nothing installs it
+    run([*pip, SENTENCEPIECE], log, env=env)
     (host_dir / "venv" / SETUP_DONE).write_text("launch.py --exit finished\n")
     return str(python)
 
@@ -192,6 +228,22 @@ class Forge(WebUI):
         self.switch_to = None
         command = [python, "launch.py", *FLAGS, "--ckpt", str(checkpoint), "--port", str(self.port)]
         self.server = Server(command, host_dir, launcher_env(out, deps, **env), out / f"{name}.log")
+        self.probe_out = Path(env["FTF_PROBE_OUT"]) if "FTF_PROBE_OUT" in env else None
+
+    def recorded(self, name: str) -> Path:
+        """The conditioning the probe recorded in the last image, kept as `<out>/<server>-cond-<name>.safetensors`."""
+        if self.probe_out is None:
+            raise RuntimeError(f"{self.name} runs without the probe: no conditioning is recorded")
+        kept = self.out / f"{self.name}-cond-{name}.safetensors"
+        os.replace(self.probe_out / "last-cond.safetensors", kept)  # moved: a later image never reads a stale one
+        return kept
+
+    def cond_difference(self, a: Path, b: Path) -> float:
+        """The largest difference of two recorded conditionings (cond, uncond, vector; -1 when shapes differ)."""
+        done = subprocess.run(
+            [self.python, "-c", COND_DIFF, str(a), str(b)], capture_output=True, text=True, check=True
+        )
+        return float(done.stdout)
 
 
 def check(args, out: Path) -> list[Row]:
@@ -208,7 +260,8 @@ def check(args, out: Path) -> list[Row]:
             rows.append(Row(host, name, "-", "all checks", NOT_IMPLEMENTED, detail="not implemented yet"))
             continue
         if name in SPLIT_FILES:
-            checkpoint, modules = split_checkpoint(python, name, host_dir, log)
+            models = Path(os.environ.get("FTF_MODELS_DIR") or host_dir / "realclient-models")
+            checkpoint, modules = split_checkpoint(python, name, models, host_dir, log)
             rows += family_rows(host, name, python, host_dir, args.deps, checkpoint, None, out, modules)
             continue
         checkpoint, lora = random_checkpoint(python, name, host_dir / "realclient-models", log)
@@ -218,12 +271,14 @@ def check(args, out: Path) -> list[Row]:
     return rows
 
 
-def split_checkpoint(python: str, family: str, host_dir: Path, log: Path) -> tuple[Path, list[str]]:
-    """The family's diffusion model linked into `models/Stable-diffusion`, and its VAE and text encoders linked
-    into Forge's module folders (made once by `tools/random_checkpoint.py`, then reused)."""
-    folder = host_dir / "realclient-models" / family
+def split_checkpoint(python: str, family: str, models: Path, host_dir: Path, log: Path) -> tuple[Path, list[str]]:
+    """The family's diffusion model (`models/F/`) linked into `models/Stable-diffusion`, and its VAE and text
+    encoders (`models/text_encoders/`, shared) linked into Forge's module folders: made once by
+    `tools/random_checkpoint.py`, then reused; never copied."""
+    folder = models / family
     model = folder / f"{family}-random.safetensors"
-    files = [(kind, folder / name) for kind, name in SPLIT_FILES[family]]
+    files = [("VAE", folder / f"{family}-ae-random.safetensors")]
+    files += [("text_encoder", models / "text_encoders" / ENCODER_FILES[name]) for name in SPLIT_FILES[family]]
     if not model.exists() or not all(path.exists() for _, path in files):
         folder.mkdir(parents=True, exist_ok=True)
         tool = REPO / "tools" / "random_checkpoint.py"
@@ -234,11 +289,13 @@ def split_checkpoint(python: str, family: str, host_dir: Path, log: Path) -> tup
 
 def write_config(config: Path, modules: list[str], options: dict | None = None) -> None:
     """Forge's `config.json`: live previews off (SDXL's would ask the hub for a preview model), the family's
-    modules, and (`options`) every option a fresh server reports, so that `override_settings` are restored."""
+    modules, T5 on for SD 3.5 (`sd3_enable_t5`: Forge's cond cache does not key on it, so it is set for the whole
+    run, not per request), and (`options`) every option a fresh server reports, so that `override_settings` are
+    restored."""
     data = json.loads(config.read_text()) if config.exists() else {}
     if options is not None:
         data = dict(options, **{key: value for key, value in data.items() if key not in options})
-    data.update(live_previews_enable=False, forge_additional_modules=modules)
+    data.update(live_previews_enable=False, forge_additional_modules=modules, sd3_enable_t5=True)
     config.write_text(json.dumps(data, indent=1))
 
 
@@ -248,28 +305,36 @@ def _tracebacks(log: Path) -> int:
 
 def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, modules=()) -> list[Row]:
     """Forge alone (reference image, `config.json`), then with the extension and the probe: every row (a T5
-    family: those of `T5_ONLY` left out)."""
+    family: `t5_rows` and the `NOT_RUN` rows of the checks it cannot have)."""
     t5 = family in SPLIT_FILES
+    stopped = family in STOPPED
     extensions = host_dir / "extensions"
-    remove_copies(host_dir)  # Forge alone runs without them
+    probe_root = Path(__file__).with_name("forge_probe")
+    remove_copies(host_dir)  # Forge alone runs without them (a T5 family: with the probe only)
     started = time.perf_counter()
     before = pip_freeze(python, out / "pip-freeze-before.txt")
     config = host_dir / "config.json"
     write_config(config, list(modules))
-    alone = Forge(python, host_dir, checkpoint, out, f"forge-alone-{family}", deps)
+    probe_env = {"FTF_PROBE_OUT": str(out / "probe-alone")} if t5 else {}  # to compare conditionings too
+    probe_env.update({"FTF_PROBE_STOP": "1"} if stopped else {})
+    if t5:
+        copy_tree(list(probe_root.rglob("*.py")), probe_root, extensions / PROBE)
+    alone = Forge(python, host_dir, checkpoint, out, f"forge-alone-{family}", deps, **probe_env)
     try:
         alone.wait_ready()
         write_config(config, list(modules), http_json(f"{alone.url}/sdapi/v1/options"))
         reference, _ = alone.txt2img(PROMPT)
+        reference_cond = alone.recorded("reference") if t5 else None
     finally:
         alone.server.stop()
     alone_tracebacks = _tracebacks(alone.server.log)
+    remove_copies(host_dir)
     copy_tree([REPO / name for name in checkout_files()], REPO, extensions / EXTENSION)
-    probe_root = Path(__file__).with_name("forge_probe")
     copy_tree(list(probe_root.rglob("*.py")), probe_root, extensions / PROBE)
     spec = out / "probe-spec.json"
     spec.unlink(missing_ok=True)
     probe_out = out / "probe"
+    shutil.rmtree(probe_out, ignore_errors=True)  # no answer of an earlier run is read as this one's
     webui = Forge(
         python,
         host_dir,
@@ -280,12 +345,26 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
         FTF_PROBE_SPEC=str(spec),
         FTF_PROBE_OUT=str(probe_out),
         FLOWCORE_CACHE=str(out / "flowcore-cache-host"),
+        **({"FTF_PROBE_STOP": "1"} if stopped else {}),
     )
     rows: list[Row] = []
     detected = {"model": "?"}  # the probe's first answer says what Forge loaded
+    encode_seconds: list[float] = []  # the probe's encodes of one text each (Forge's `get_learned_conditioning`)
 
     def row(check_name: str, function) -> None:
         rows.append(checked_row(host, family, detected["model"], check_name, function, webui.server))
+
+    def not_run(check_name: str, reason: str) -> None:
+        rows.append(Row(host, family, detected["model"], check_name, NOT_RUN, detail=f"not run: {reason}"))
+
+    left_out = [name.strip() for name in os.environ.get("FTF_FORGE_SKIP", "").split(",") if name.strip()]
+
+    def maybe(check_name: str, name: str, function) -> None:
+        """A probe row, or a `NOT_RUN` one when `$FTF_FORGE_SKIP` (probe names, comma-separated) leaves it out."""
+        if name in left_out:
+            not_run(check_name, f"left out of this run ($FTF_FORGE_SKIP={','.join(left_out)})")
+        else:
+            row(check_name, function)
 
     try:
         webui.wait_ready()
@@ -304,39 +383,66 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
             return ok, None, f"checkpoint {options.get('sd_model_checkpoint')}; script args {labels}"
 
         row("extension in /sdapi/v1/script-info", listed)
-        shots = {}
+        shots, conds = {}, {}
 
         def off_is_alone():
             shots["off"], _ = webui.txt2img(PROMPT, [False, "Markers only"])
-            difference = webui.difference(reference, shots["off"])
-            return difference == 0, difference, "section off, extension installed, vs Forge without it"
+            detail = "section off, extension installed, vs Forge without it"
+            if not t5:
+                difference = webui.difference(reference, shots["off"])
+                return difference == 0, difference, detail
+            conds["off"] = webui.recorded("off")
+            difference = webui.cond_difference(reference_cond, conds["off"])
+            detail += " (both with the probe): the conditioning at step 0 (cond, uncond, pooled vector)"
+            if stopped:
+                return difference == 0, difference, detail + "; sampling stopped there"
+            pixels = webui.difference(reference, shots["off"])
+            return difference == 0 and pixels == 0, max(difference, pixels), detail + f", and pixels ({pixels})"
 
-        row("off = Forge alone (pixels)", off_is_alone)
+        row(
+            "off = Forge alone (conditioning)"
+            if stopped
+            else "off = Forge alone (conditioning, pixels)"
+            if t5
+            else "off = Forge alone (pixels)",
+            off_is_alone,
+        )
 
         def probe(name, prompt, plain, items, ftf, settings=None, expect_infotext=None, note=""):
             def compare():
                 spec.write_text(json.dumps({"name": name, "plain": plain, "negative": NEGATIVE, "items": items}))
                 image, info = webui.txt2img(prompt, ftf, settings)
+                spec.unlink()  # the next images (off -> on -> off) are not compared
                 shots[name] = image
+                if t5:
+                    conds[name] = webui.recorded(name)
                 found = json.loads((probe_out / f"{name}.json").read_text(encoding="utf-8"))
                 (probe_out / f"{name}.json").unlink()
                 detected["model"] = found.get("model", detected["model"])
                 if "error" in found:
                     return False, None, found["error"]
+                encode_seconds.extend(found.get("encode_seconds", []))
                 infotext = info["infotexts"][0]
                 patched = re.search(r"FtF patched: (\"[^\"]*\"|[^,]*)", infotext)
                 patched = patched.group(1).strip('"') if patched else ""
-                within = tolerance(found["scale"])
-                ok = found["max_diff"] <= within and found["others_equal"] and found["negative_equal"]
+                parts = found.get("parts") or {"rows": (found["max_diff"], found["scale"])}
+                ok = all(diff <= tolerance(scale) for diff, scale in parts.values())
+                ok = ok and found["others_equal"] and found["negative_equal"]
                 ok = (
                     ok
                     and found["shape_equal"]
                     and (found["changed"] or not items)
                     and found["vector_equal"] is not False
                 )
-                detail = f"rows {found['rows']}/{found['total_rows']} patched, within {within:.2g} "
-                detail += f"(largest |value| {found['scale']:.3g}); other rows "
-                detail += "bit-identical" if found["others_equal"] else "DIFFER"
+                detail = f"rows {found['rows']}/{found['total_rows']} patched, "
+                if len(parts) > 1:
+                    detail += ", ".join(
+                        f"{part} {diff:.2g} within {tolerance(scale):.2g} (largest |value| {scale:.3g})"
+                        for part, (diff, scale) in parts.items()
+                    )
+                else:
+                    detail += f"within {tolerance(found['scale']):.2g} (largest |value| {found['scale']:.3g})"
+                detail += "; other rows " + ("bit-identical" if found["others_equal"] else "DIFFER")
                 detail += "; negative bit-identical" if found["negative_equal"] else "; negative DIFFERS"
                 if found["vector_equal"] is not None:
                     detail += "; pooled vector bit-identical" if found["vector_equal"] else "; pooled vector DIFFERS"
@@ -346,6 +452,8 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                     got = sorted(part.strip() for part in patched.split(";") if part.strip())
                     ok = ok and got == wanted
                     detail += "" if got == wanted else f" (should name {'; '.join(wanted)})"
+                if t5 and found.get("encode_seconds"):
+                    detail += f"; the probe's Forge encodes took {', '.join(map(str, found['encode_seconds']))} s"
                 return ok, found["max_diff"], detail + note
 
             return compare
@@ -355,10 +463,10 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
         named = ["standing zebra"]
         row("marked item = its encode alone", probe("plain", MARKED, PROMPT, zebra, markers, None, named))
 
-        def clip_rows() -> None:
-            """The checks of a CLIP family (SD 1.x, SDXL), after the plain one."""
-            row(
+        def nonorm_row() -> None:
+            maybe(
                 "emphasis No norm: ~(item:1.3)~",
+                "nonorm",
                 probe(
                     "nonorm",
                     "a (crosswalk:1.2) next to a bus station with a ~(standing zebra:1.3)~",
@@ -369,6 +477,20 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                     named,
                 ),
             )
+
+        def clip_skip_and_chunk_rows() -> None:
+            clip_skip = {"CLIP_stop_at_last_layers": 2}
+            maybe("clip skip 2", "clipskip", probe("clipskip", MARKED, PROMPT, zebra, markers, clip_skip, named))
+            filler = ", ".join(f"word{n}" for n in range(30))
+            maybe(
+                "item in the second chunk",
+                "chunk2",
+                probe("chunk2", f"{filler}, {MARKED}", f"{filler}, {PROMPT}", zebra, markers, None, named),
+            )
+
+        def clip_rows() -> None:
+            """The checks of a CLIP family (SD 1.x, SDXL), after the plain one."""
+            nonorm_row()
             row(
                 "emphasis None, brackets in the item",
                 probe(
@@ -425,19 +547,51 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 ),
             )
 
+        def t5_rows() -> None:
+            """The checks of a T5 family after the plain one: the weights Forge's T5 engine applies (its
+            `parse_prompt_attention` and emphasis, as CLIP's), SD 3.5's CLIP rows, *Every item* on a short tag list."""
+            nonorm_row()
+            if family == "sd35":  # its CLIP rows: clip skip, and a second CLIP chunk (T5's rows then start at 154)
+                clip_skip_and_chunk_rows()
+            maybe(
+                "Every item on a short tag prompt",
+                "every",
+                probe(
+                    "every", T5_TAGS, T5_TAGS, [[i, i] for i in T5_TAG_ITEMS], [True, "Every item"], None, T5_TAG_ITEMS
+                ),
+            )
+
         if t5:
-            rows.append(Row(host, family, "-", "the other in-process checks", NOT_IMPLEMENTED, detail=T5_ONLY))
+            t5_rows()
         else:
             clip_rows()
 
         def off_on_off():
             again, _ = webui.txt2img(PROMPT, [False, "Markers only"])
-            difference = max(webui.difference(reference, again), webui.difference(shots["off"], again))
+            ok, difference, detail = True, 0.0, ""
+            if t5:  # the conditioning at step 0
+                conds["again"] = webui.recorded("again")
+                difference = max(
+                    webui.cond_difference(reference_cond, conds["again"]),
+                    webui.cond_difference(conds["off"], conds["again"]),
+                )
+                changed = webui.cond_difference(conds["off"], conds["plain"])
+                ok = difference == 0 and changed != 0
+                detail = "conditioning at step 0: off after the runs above = before (the marked run's differed by "
+                detail += f"{changed:.3g})"
+                if stopped:
+                    return ok, difference, detail
+                detail += "; pixels: "
+            pixels = max(webui.difference(reference, again), webui.difference(shots["off"], again))
             changed = webui.difference(shots["off"], shots["plain"])
-            ok = difference == 0 and changed > 0
-            return ok, difference, f"off after the runs above = before (the marked run differed by {changed})"
+            # SD 3.5's random MMDiT decodes to NaN (black) in Forge alone too: the change is shown by the conditioning
+            ok = ok and pixels == 0 and (changed > 0 or t5)
+            detail += f"off after the runs above = before (the marked run differed by {changed})"
+            return ok, max(difference, pixels), detail
 
         row("off -> on -> off", off_on_off)
+        if t5:
+            t5_not_run(family, stopped, encode_seconds, not_run)
     finally:
         peak = webui.server.peak_mb()
         webui.server.stop()
@@ -448,6 +602,9 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
     tracebacks = text.count("Traceback")
     errors = [line for line in text.splitlines() if "Error loading script" in line or "Error running install" in line]
     ok = not tracebacks and not errors and "Startup time:" in text
+    missing = re.findall(r"^(\w+) Missing: \[(.*)\]$", text, flags=re.M)
+    counts = [f"{name} {keys.count(',') + 1} keys" for name, keys in missing]
+    loaded = f"; Forge's loader reported missing: {', '.join(counts)}" if missing else ""
     rows.append(
         Row(
             host,
@@ -459,8 +616,47 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
             peak,
             None,
             f"{tracebacks} tracebacks ({alone_tracebacks} in Forge alone's log), {len(errors)} script/install errors "
-            f"in {webui.server.log.name}",
+            f"in {webui.server.log.name}{loaded}",
         )
     )
     say(f"{host} detected {detected['model']} for {family}")
     return rows
+
+
+def t5_not_run(family: str, stopped: bool, encode_seconds: list[float], not_run) -> None:
+    """The rows a T5 family cannot have here, each with its reason (`encode_seconds`: the probe's encodes, measured
+    in this run)."""
+    if stopped:
+        not_run(
+            "sampling: an image from the diffusion model",
+            "Forge builds Flux and Chroma at the released depth whatever the file holds (huggingface_guess "
+            "detect_unet_config: 19 double and 38 single blocks of width 3072), and the suite's random file has 1 + 1 "
+            "(see the missing keys in the server log row), so the probe stops sampling once step 0's conditioning is "
+            "recorded, and the off rows compare that conditioning instead of pixels; a full-depth random file would be "
+            "about 12 billion parameters (12 GB in fp8) on a machine with 23 GB of memory",
+        )
+    if family != "sd35":
+        not_run(
+            "clip skip 2, item in the second chunk",
+            "no T5 row depends on them: T5 has no clip skip (Forge's Flux applies it to CLIP-L, which gives the pooled "
+            "vector only) and no 75-token chunks (Forge's T5 engine makes one chunk of the whole prompt)",
+        )
+    not_run(
+        "BREAK",
+        "Forge's T5 engine turns each BREAK chunk into its own entry of the batch (T5TextProcessingEngine.__call__ "
+        "stacks the chunks), so a prompt with BREAK does not give one row sequence (read in Forge's code)",
+    )
+    not_run("LoRA on the text encoder", "no LoRA file is written for this family (tools/checkpoints/dit.py)")
+    measured = sorted(encode_seconds)
+    if measured:
+        median = measured[len(measured) // 2]
+        cost = f"Forge's encodes of one text took a median {median:.0f} s here ({len(measured)} measured), so at "
+        cost += f"least {CALIBRATION_PROMPTS} x {median:.0f} s = {CALIBRATION_PROMPTS * median / 60:.0f} min"
+    else:
+        cost = "no encode was measured in this run"
+    not_run(
+        "Automatic",
+        f"calibrating T5-XXL encodes each of the {CALIBRATION_PROMPTS} calibration prompts and their items: {cost} "
+        "of this shared 2-core CPU; and `flowcore analyze`, the reference of the CLIP families' row, does not read "
+        "these split files",
+    )

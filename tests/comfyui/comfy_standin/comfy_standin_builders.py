@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import comfy.sd
+import llm_tokenizers
 import torch
 from comfy import sd1_clip, sdxl_clip
-from comfy.text_encoders import flux, pixart_t5, sd2_clip, sd3_clip
+from comfy.text_encoders import flux, hidream, lumina2, pixart_t5, qwen_image, sd2_clip, sd3_clip
 from tokenizers import processors
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
+LLM_FAMILIES = ("lumina2", "qwen_image", "hidream")  # language-model families (tests of their own)
 
 
 def _clip_tokenizer():
@@ -41,6 +43,11 @@ def _cached(name, build):
 
 sd1_clip.TOKENIZERS["clip"] = lambda: _cached("clip", _clip_tokenizer)
 sd1_clip.TOKENIZERS["t5"] = lambda: _cached("t5", _t5_tokenizer)
+sd1_clip.TOKENIZERS["qwen25"] = lambda: _cached("qwen25", llm_tokenizers.qwen25)
+sd1_clip.TOKENIZERS["llama3"] = lambda: _cached("llama3", llm_tokenizers.llama3)
+sd1_clip.TOKENIZERS["gemma"] = lambda **options: _cached(
+    ("gemma", tuple(sorted(options.items()))), lambda: llm_tokenizers.SPieceTokenizer(**options)
+)
 
 
 @dataclass
@@ -56,6 +63,10 @@ TARGETS = {
     "sd3": Target(sd3_clip.sd3_clip(), sd3_clip.SD3Tokenizer),
     "flux": Target(flux.flux_clip(), flux.FluxTokenizer),
     "chroma": Target(pixart_t5.pixart_te(), pixart_t5.PixArtTokenizer),
+    "lumina2": Target(lumina2.te(), lumina2.LuminaTokenizer),
+    "qwen_image": Target(qwen_image.te(), qwen_image.QwenImageTokenizer),
+    "hidream": Target(hidream.hidream_clip(), hidream.HiDreamTokenizer),
+    "hidream_no_t5": Target(hidream.hidream_clip(t5=False), hidream.HiDreamTokenizer),
 }
 
 
@@ -72,7 +83,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_clip(family: str, seed: int = 0, embedding_directory: str | None = None, t5_min_length=None):
-    """A `comfy.sd.CLIP` of a family ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma") with tiny random weights."""
+    """A `comfy.sd.CLIP` of a family (`FAMILIES`, `LLM_FAMILIES`, "hidream_no_t5") with tiny random weights."""
     target = TARGETS[family]
     data = {} if t5_min_length is None else {"t5xxl_min_length": t5_min_length}
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, tokenizer_data=data)

@@ -118,7 +118,7 @@ class SDTokenizer:
         tokenizer_data={},
         tokenizer_args={},
     ):
-        self.tokenizer = TOKENIZERS[tokenizer_class]()
+        self.tokenizer = TOKENIZERS[tokenizer_class](**tokenizer_args)
         self.max_length = tokenizer_data.get(f"{embedding_key}_max_length", max_length)
         self.min_length = tokenizer_data.get(f"{embedding_key}_min_length", min_length)
         self.min_padding = min_padding
@@ -246,11 +246,11 @@ class ClipTokenWeightEncoder:
         rows = []
         for k, section in enumerate(token_weight_pairs):
             chunk = z[k : k + 1]
-            if weighted:
+            if weighted:  # along dimension 1: the rows, or (a model giving every layer) the layers
                 empty = z[-1]
-                for j, entry in enumerate(section):
-                    if entry[1] != 1.0:
-                        chunk[0][j] = (chunk[0][j] - empty[j]) * entry[1] + empty[j]
+                for j in range(len(chunk[0])):
+                    if section[j][1] != 1.0:
+                        chunk[0][j] = (chunk[0][j] - empty[j]) * section[j][1] + empty[j]
             rows.append(chunk)
         cond = torch.cat(rows, dim=-2) if rows else z[-1:]
         result = (cond.to(model_management.intermediate_device()), first_pooled)
@@ -282,7 +282,7 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder):
         model_options={},
     ):
         super().__init__()
-        config = dict(textmodel_json_config or CLIP_L_CONFIG)
+        config = dict(CLIP_L_CONFIG if textmodel_json_config is None else textmodel_json_config)
         self.transformer = model_class(config, dtype, device, comfy.ops.manual_cast)
         self.num_layers = self.transformer.num_layers
         self.max_length = max_length
@@ -357,7 +357,7 @@ class SDClipModel(torch.nn.Module, ClipTokenWeightEncoder):
             mask if self.enable_attention_masks else None,
             embeds=embeds,
             num_tokens=counts,
-            intermediate_output=self.layer_idx if self.layer == "hidden" else None,
+            intermediate_output={"hidden": self.layer_idx, "all": "all"}.get(self.layer),
             final_layer_norm_intermediate=self.layer_norm_hidden_state,
             dtype=torch.float32,
         )

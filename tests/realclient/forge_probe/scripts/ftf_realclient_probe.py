@@ -2,25 +2,37 @@
 
 It records the conditioning the sampler receives at its first step (`on_cfg_denoiser`: after every script
 patched it), and after the batch compares it with Forge's own encodes (`get_learned_conditioning`, token
-positions from its text engine's `tokenize_line`), as the spec file `$FTF_PROBE_SPEC` asks:
+positions from its text engines' `tokenize_line`), as the spec file `$FTF_PROBE_SPEC` asks:
 `{"name", "plain", "negative", "items": [[item text, alone text], ...]}`. The result goes to
 `$FTF_PROBE_OUT/<name>.json`: `max_diff` (patched rows against the item alone), `scale` (the largest |value|
-in the item's own rows), `others_equal`, `negative_equal`, `vector_equal` (the pooled vector, where the model has
-one), `rows`, and `model` (the engine class Forge chose and the repository it guessed). Without a spec file it
-does nothing. Rows are laid out by the model's first CLIP engine (SDXL's `crossattn` is CLIP-L and CLIP-G side by
-side, so one row index covers both), or by its T5 engine where it has no CLIP rows (Flux, Chroma: no start
-token). SD 3.5 (CLIP rows, then T5 rows) is not covered.
+in the item's own rows), `parts` (the same two numbers per encoder's part of the rows: CLIP, or SD 3.5's CLIP-L
+and CLIP-G columns and T5 rows), `others_equal`, `negative_equal`, `vector_equal` (the pooled vector, where the
+model has one), `rows`, `encode_seconds` (each of its own encodes of a text) and `model` (the engine class Forge
+chose and the repository it guessed). Without a spec file it compares nothing.
+
+Rows are laid out per part: the model's first CLIP engine (SDXL's `crossattn` is CLIP-L and CLIP-G side by side,
+so one row index covers both), then, where the model has one, its T5 engine (no start token), whose rows follow
+the CLIP rows (SD 3.5) or are all of them (Flux, Chroma).
+
+After every batch the recorded conditioning is written to `$FTF_PROBE_OUT/last-cond.safetensors` (the suite
+compares runs with it). With `$FTF_PROBE_STOP` set, sampling stops once step 0's conditioning is recorded
+(Forge's own interruption, `InterruptedException`, so the batch is decoded and finished as usual): for a
+diffusion model that Forge builds deeper than the suite's random file (Flux, Chroma).
 """
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
-from modules import prompt_parser, script_callbacks, scripts, shared
+from modules import prompt_parser, script_callbacks, scripts, sd_samplers_common, shared
+from safetensors.torch import save_file
 
 RECORDED = {}
-ENCODED = {}  # text -> Forge's conditioning of it, for one batch
+ENCODED = {}  # (text, the settings an encode depends on) -> Forge's conditioning of it
+TIMES = []  # seconds of each encode of this batch
+CLIP_WIDTHS = {"CLIP-L": (0, 768), "CLIP-G": (768, 2048)}  # SD 3.5's CLIP columns (then zeros up to T5's 4096)
 
 
 def crossattn(cond) -> torch.Tensor:
@@ -29,16 +41,19 @@ def crossattn(cond) -> torch.Tensor:
 
 
 def vector(cond) -> torch.Tensor | None:
-    """The pooled vector of a conditioning that has one (SDXL, Flux), else None."""
+    """The pooled vector of a conditioning that has one (SDXL, SD 3.5, Flux), else None."""
     return cond["vector"] if isinstance(cond, dict) and "vector" in cond else None
 
 
 def record(params) -> None:
     if params.sampling_step == 0 and "cond" not in RECORDED:
         RECORDED["cond"] = crossattn(params.text_cond)[0].detach().float().cpu().clone()
-        RECORDED["uncond"] = crossattn(params.text_uncond)[0].detach().float().cpu().clone()
+        uncond = params.text_uncond
+        RECORDED["uncond"] = None if uncond is None else crossattn(uncond)[0].detach().float().cpu().clone()
         pooled = vector(params.text_cond)
         RECORDED["vector"] = None if pooled is None else pooled[0].detach().float().cpu().clone()
+        if os.environ.get("FTF_PROBE_STOP"):
+            raise sd_samplers_common.InterruptedException  # a BaseException: Forge's callback loop lets it through
 
 
 script_callbacks.on_cfg_denoiser(record)
@@ -46,46 +61,81 @@ script_callbacks.on_cfg_denoiser(record)
 
 def encode(p, text: str, pooled: bool = False) -> torch.Tensor | None:
     """Forge's encode of `text` alone: its rows, or (`pooled`) its pooled vector (None without one). Each text is
-    encoded once per batch (a T5 encode takes a minute on a CPU)."""
-    if text not in ENCODED:
+    encoded once per set of settings it depends on (a T5 encode takes tens of seconds on a CPU)."""
+    settings = (
+        shared.opts.emphasis,
+        shared.opts.CLIP_stop_at_last_layers,
+        getattr(shared.opts, "sd3_enable_t5", None),
+        str(getattr(p, "extra_network_data", None)),
+    )
+    key = (text, settings)
+    if key not in ENCODED:
+        began = time.perf_counter()
         texts = prompt_parser.SdConditioning([text], width=p.width, height=p.height)
-        ENCODED[text] = shared.sd_model.get_learned_conditioning(texts)
-    cond = ENCODED[text]
+        ENCODED[key] = shared.sd_model.get_learned_conditioning(texts)
+        TIMES.append(round(time.perf_counter() - began, 2))
+    cond = ENCODED[key]
     if pooled:
         return None if vector(cond) is None else vector(cond)[0].float().cpu()
     return crossattn(cond)[0].float().cpu()
 
 
-def engine():
-    """Forge's text engine whose tokens lay out the rows (SDXL: CLIP-L's, the same as CLIP-G's; Flux: T5's)."""
+def engines() -> list:
+    """Forge's text engines whose tokens lay out the rows, in row order: the first CLIP engine (SDXL, SD 3.5: CLIP-L's,
+    the same as CLIP-G's), then T5 (SD 3.5, Flux, Chroma); Flux's CLIP-L gives the pooled vector only."""
     model = shared.sd_model
-    if hasattr(model, "text_processing_engine_t5") and not hasattr(model, "text_processing_engine_g"):
-        return model.text_processing_engine_t5
-    return getattr(model, "text_processing_engine", None) or model.text_processing_engine_l
+    t5 = getattr(model, "text_processing_engine_t5", None)
+    if t5 is not None and not hasattr(model, "text_processing_engine_g"):
+        return [t5]
+    clip = getattr(model, "text_processing_engine", None) or model.text_processing_engine_l
+    return [clip] if t5 is None else [clip, t5]
 
 
-def tokens(text: str) -> list[int]:
-    """The text's token ids, chunk after chunk, 77 rows a chunk (start, 75 tokens, end)."""
-    chunks, _ = engine().tokenize_line(text)
+def tokens(engine, text: str) -> list[int]:
+    """The text's token ids in one engine, chunk after chunk (CLIP: 77 rows a chunk, start, 75 tokens, end)."""
+    chunks, _ = engine.tokenize_line(text)
     return [token for chunk in chunks for token in chunk.tokens]
 
 
-def item_rows(plain: str, alone: str) -> tuple[list[int], list[int]]:
-    """Rows of the item's tokens in the prompt (first occurrence) and in its encode alone."""
-    prompt, own = tokens(plain), tokens(alone)
-    first = 1 if own[0] == getattr(engine(), "id_start", None) else 0  # CLIP's start token; T5 has none
-    end = own.index(engine().id_end, first)
-    wanted = own[first:end]
-    for start in range(len(prompt) - len(wanted) + 1):
-        if prompt[start : start + len(wanted)] == wanted:
-            return list(range(start, start + len(wanted))), list(range(first, end))
-    raise ValueError(f"{alone!r} not found in {plain!r}")
+def part_rows(plain: str, alone: str) -> list[tuple[str, list[int], list[int], slice]]:
+    """Per part: its name, the rows of the item's tokens in the prompt (first occurrence), those in its encode alone,
+    and the part's columns."""
+    found, offset_plain, offset_alone = [], 0, 0
+    listed = engines()
+    for engine in listed:
+        prompt, own = tokens(engine, plain), tokens(engine, alone)
+        first = 1 if own[0] == getattr(engine, "id_start", None) else 0  # CLIP's start token; T5 has none
+        end = own.index(engine.id_end, first)
+        wanted = own[first:end]
+        starts = [s for s in range(len(prompt) - len(wanted) + 1) if prompt[s : s + len(wanted)] == wanted]
+        if not starts:
+            raise ValueError(f"{alone!r} not found in {plain!r}")
+        rows = [offset_plain + r for r in range(starts[0], starts[0] + len(wanted))]
+        alone_rows = [offset_alone + r for r in range(first, end)]
+        if engine is getattr(shared.sd_model, "text_processing_engine_t5", None):
+            found.append(("T5", rows, alone_rows, slice(None)))
+        elif len(listed) == 2:  # SD 3.5: CLIP-L and CLIP-G columns apart
+            found += [(name, rows, alone_rows, slice(*cols)) for name, cols in CLIP_WIDTHS.items()]
+        else:
+            found.append(("CLIP", rows, alone_rows, slice(None)))
+        offset_plain, offset_alone = offset_plain + len(prompt), offset_alone + len(own)
+    return found
 
 
 def model_name() -> str:
     model = shared.sd_model
     repo = getattr(getattr(model, "model_config", None), "huggingface_repo", "?")
     return f"{type(model).__name__} ({repo})"
+
+
+def save_recorded() -> None:
+    """The recorded conditioning as `$FTF_PROBE_OUT/last-cond.safetensors`."""
+    if "cond" not in RECORDED or not os.environ.get("FTF_PROBE_OUT"):
+        return
+    out = Path(os.environ["FTF_PROBE_OUT"])
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.contiguous() for name, value in RECORDED.items() if value is not None}
+    save_file(tensors, str(out / "last-cond.safetensors"))
 
 
 class Probe(scripts.Script):
@@ -99,35 +149,40 @@ class Probe(scripts.Script):
         RECORDED.clear()
 
     def postprocess_batch(self, p, *args, **kwargs):
+        save_recorded()
         spec_path = os.environ.get("FTF_PROBE_SPEC")
         if not spec_path or not Path(spec_path).exists():
             return
         spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
         result = {"name": spec["name"], "model": model_name()}
-        ENCODED.clear()
+        TIMES.clear()
         try:
             cond, uncond = RECORDED["cond"], RECORDED["uncond"]
             original = encode(p, spec["plain"])
-            expected, worst, scale = [], 0.0, 0.0
+            expected, parts = set(), {}
             for _item, alone_text in spec["items"]:
                 alone = encode(p, alone_text)
-                rows, alone_rows = item_rows(spec["plain"], alone_text)
-                worst = max(worst, float((cond[rows] - alone[alone_rows]).abs().max()))
-                scale = max(scale, float(alone[alone_rows].abs().max()))
-                expected += rows
+                for name, rows, alone_rows, columns in part_rows(spec["plain"], alone_text):
+                    diff = float((cond[rows, columns] - alone[alone_rows, columns]).abs().max())
+                    scale = float(alone[alone_rows, columns].abs().max())
+                    worst, largest = parts.get(name, (0.0, 0.0))
+                    parts[name] = (max(worst, diff), max(largest, scale))
+                    expected.update(rows)
             others = [row for row in range(cond.shape[0]) if row not in expected]
             result.update(
-                max_diff=worst,
-                scale=scale,
+                max_diff=max((diff for diff, _ in parts.values()), default=0.0),
+                scale=max((scale for _, scale in parts.values()), default=0.0),
+                parts=parts,
                 rows=len(expected),
                 total_rows=cond.shape[0],
                 shape_equal=cond.shape == original.shape,
                 others_equal=cond.shape == original.shape and torch.equal(cond[others], original[others]),
-                negative_equal=torch.equal(uncond, encode(p, spec["negative"])),
+                negative_equal=uncond is not None and torch.equal(uncond, encode(p, spec["negative"])),
                 vector_equal=None
                 if RECORDED["vector"] is None
                 else torch.equal(RECORDED["vector"], encode(p, spec["plain"], True)),
                 changed=cond.shape != original.shape or not torch.equal(cond, original),
+                encode_seconds=list(TIMES),
             )
         except Exception as error:  # reported to the suite as a failed row
             result["error"] = f"{type(error).__name__}: {error}"
