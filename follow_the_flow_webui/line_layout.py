@@ -147,6 +147,7 @@ def layout_line(
         multipliers += [float(m) for m in chunk.multipliers]
     if position != len(stream):
         raise MappingError(f"{len(stream) - position} token(s) of the prompt are missing from the chunks")
-    chunk_format = ChunkFormat(tokens=rows - leading - 1, leading=leading, rows=rows, comma_backtrack=0)
+    # a line with no token (the empty prompt, when T5 is not padded as in Forge's Chroma) is one end-token row
+    chunk_format = ChunkFormat(tokens=max(1, rows - leading - 1), leading=leading, rows=rows, comma_backtrack=0)
     layout = PromptLayout(text=plain, chunks=tuple(placed), format=chunk_format)
     return LineLayout(layout, torch.tensor(multipliers, dtype=torch.float32))

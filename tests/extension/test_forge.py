@@ -105,6 +105,27 @@ def test_flux_patches_t5_rows_at_cfg_1_without_a_negative():
     assert not errors.reported
 
 
+def test_chroma_t5_without_padding_patches_the_item(caplog):
+    """Forge's Chroma builds its T5 engine with `min_length=1`: no padding, so the empty prompt is one row (its
+    end token). That row alone must not stop the patch (the real Forge left Chroma unpatched here)."""
+
+    def chroma(prompt: str, alwayson=None):
+        webui = make_webui("forge-flux", with_script=alwayson is not None)
+        shared.sd_model.text_processing_engine_t5.min_length = 1
+        return webui.txt2img(prompt=prompt, alwayson=alwayson, cfg_scale=1).sampling_records[0]
+
+    ref = chroma(PLAIN)
+    with caplog.at_level(logging.WARNING):
+        got = chroma(MARKED, on())
+    assert crossattn(conds(got)).shape[0] < 256  # not padded
+    rows = changed_rows(conds(got), conds(ref))
+    alone = t5_alone("standing zebra")
+    assert len(rows) == len(alone)
+    torch.testing.assert_close(crossattn(conds(got))[rows], alone, atol=1e-5, rtol=1e-4)
+    assert "unpatched" not in caplog.text
+    assert not errors.reported
+
+
 def test_t5_emphasis_is_kept_on_patched_rows():
     """Forge's "Original" emphasis multiplies T5 rows and rescales each chunk to its mean; the patched rows get
     the same factor."""

@@ -130,6 +130,8 @@ def check(host: str, family: str, python: str, host_dir: Path, node_dir: Path, o
 def workflow(family: str, text: str, node: str | None = None, mode: str = "Markers only", seed: int = 1) -> dict:
     """An API-format txt2img workflow: the family's loaders, the prompt through its own text-encode node or ours
     (with the same system prompt), a 64x64 SD3 latent, 2 Euler steps, the VAE decode."""
+    from host_comfyui import sampled
+
     unet, vae, clips, _, clip_type = FAMILIES[family]
     graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}}}
     graph["2"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": clips[0], "type": clip_type}}
@@ -141,33 +143,15 @@ def workflow(family: str, text: str, node: str | None = None, mode: str = "Marke
         graph["4"] = {"class_type": own_node_name(family), "inputs": {**inputs, "user_prompt": text}}
     graph["5"] = {"class_type": own_node_name(family), "inputs": {**inputs, "user_prompt": "blurry, low quality"}}
     graph["6"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-    graph["7"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["4", 0],
-            "negative": ["5", 0],
-            "latent_image": ["6", 0],
-            "seed": seed,
-            "steps": 2,
-            "cfg": 4.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "denoise": 1.0,
-        },
-    }
-    graph["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}}
-    graph["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ftf_realclient"}}
-    return graph
+    return sampled(graph, ["1", 0], ["3", 0], 4.0, "simple", seed)
 
 
 def server_checks(host, family, model_type, python, host_dir, out) -> list:
     """The server rows: the node's image pixel-identical to the family's own node's, a marked item changes it,
     a clean log."""
-    import re
 
-    from host_comfyui import NODE_FOLDER, Images
-    from host_common import Row, Server, checked_row, free_port, host_env, say
+    from host_comfyui import Images, server_log_row
+    from host_common import Server, checked_row, free_port, host_env, say
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -203,13 +187,7 @@ def server_checks(host, family, model_type, python, host_dir, out) -> list:
     finally:
         peak = server.peak_mb()
         server.stop()
-    log = server.log.read_text(encoding="utf-8", errors="replace")
-    imported = re.search(rf"^\s*[\d.]+ seconds(?P<failed> \(IMPORT FAILED\))?: .*{NODE_FOLDER}$", log, re.MULTILINE)
-    tracebacks = log.count("Traceback")
-    ok = bool(imported) and not imported.group("failed") and not tracebacks
-    detail = f"node pack import: {'failed' if imported and imported.group('failed') else 'ok' if imported else '?'}"
-    detail += f"; {tracebacks} tracebacks in {server.log.name}"
-    rows.append(Row(host, family, model_type, "server log: node imported, no traceback", ok, None, peak, None, detail))
+    rows.append(server_log_row(host, family, model_type, server.log, peak))
     return rows
 
 

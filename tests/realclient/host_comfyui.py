@@ -249,22 +249,16 @@ def workflow(
         graph["4"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}}
     graph["5"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": clip}}
     graph["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
-    graph["7"] = {
-        "class_type": "KSampler",
-        "inputs": {
-            "model": model,
-            "positive": ["4", 0],
-            "negative": ["5", 0],
-            "latent_image": ["6", 0],
-            "seed": seed,
-            "steps": 2,
-            "cfg": 7.0,
-            "sampler_name": "euler",
-            "scheduler": "normal",
-            "denoise": 1.0,
-        },
-    }
-    graph["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
+    return sampled(graph, model, ["1", 2], 7.0, "normal", seed)
+
+
+def sampled(graph: dict, model: list, vae: list, cfg: float, scheduler: str, seed: int) -> dict:
+    """`graph` (its prompt at node "4", the negative at "5", the empty latent at "6") sampled in 2 Euler steps,
+    decoded with `vae` and saved (nodes "7" to "9"): the tail every workflow of the suite shares."""
+    inputs = {"model": model, "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "seed": seed}
+    inputs.update(steps=2, cfg=cfg, sampler_name="euler", scheduler=scheduler, denoise=1.0)
+    graph["7"] = {"class_type": "KSampler", "inputs": inputs}
+    graph["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": vae}}
     graph["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "ftf_realclient"}}
     return graph
 
@@ -411,11 +405,17 @@ def server_checks(host, family, model_type, python, host_dir, names, out) -> lis
     finally:
         peak = server.peak_mb()
         server.stop()
-    log = server.log.read_text(encoding="utf-8", errors="replace")
-    imported = re.search(rf"^\s*[\d.]+ seconds(?P<failed> \(IMPORT FAILED\))?: .*{NODE_FOLDER}$", log, re.MULTILINE)
-    tracebacks, unloaded = log.count("Traceback"), log.count("lora key not loaded")
+    rows.append(server_log_row(host, family, model_type, server.log, peak))
+    return rows
+
+
+def server_log_row(host: str, family: str, model_type: str, log: Path, peak: float | None) -> Row:
+    """The server's log after its stop: the node pack imported (not "IMPORT FAILED"), no traceback, and no LoRA key
+    that ComfyUI could not load."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    imported = re.search(rf"^\s*[\d.]+ seconds(?P<failed> \(IMPORT FAILED\))?: .*{NODE_FOLDER}$", text, re.MULTILINE)
+    tracebacks, unloaded = text.count("Traceback"), text.count("lora key not loaded")
     ok = bool(imported) and not imported.group("failed") and not tracebacks and not unloaded
     detail = f"node pack import: {'failed' if imported and imported.group('failed') else 'ok' if imported else '?'}"
-    detail += f"; {tracebacks} tracebacks, {unloaded} LoRA keys not loaded in {server.log.name}"
-    rows.append(Row(host, family, model_type, "server log: node imported, no traceback", ok, None, peak, None, detail))
-    return rows
+    detail += f"; {tracebacks} tracebacks, {unloaded} LoRA keys not loaded in {log.name}"
+    return Row(host, family, model_type, "server log: node imported, no traceback", ok, None, peak, None, detail)
