@@ -46,6 +46,7 @@ from host_common import (
     pip_freeze,
     random_checkpoint,
     run,
+    script_listed,
     tolerance,
 )
 
@@ -327,14 +328,7 @@ def family_rows(host, family, python, host_dir, checkpoint, lora, out, start=Non
         )
         options = http_json(f"{webui.url}/sdapi/v1/options")
 
-        def listed():
-            scripts = http_json(f"{webui.url}/sdapi/v1/script-info")
-            ours = [s for s in scripts if s["name"] == "follow the flow" and not s["is_img2img"]]
-            ok = bool(ours) and ours[0]["is_alwayson"]
-            labels = [arg.get("label") for arg in ours[0]["args"]] if ours else []
-            return ok, None, f"checkpoint {options.get('sd_model_checkpoint')}; script args {labels}"
-
-        row("extension in /sdapi/v1/script-info", listed)
+        row("extension in /sdapi/v1/script-info", lambda: script_listed(webui.url, options))
         shots = {}
 
         def off_is_alone():

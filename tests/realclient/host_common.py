@@ -285,3 +285,12 @@ def checkout_files() -> list[str]:
         check=True,
     ).stdout.decode()
     return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+
+
+def script_listed(url: str, options: dict) -> tuple[bool, None, str]:
+    """The WebUI's `/sdapi/v1/script-info` lists our txt2img script as always-on (A1111 and Forge alike)."""
+    scripts = http_json(f"{url}/sdapi/v1/script-info")
+    ours = [s for s in scripts if s["name"] == "follow the flow" and not s["is_img2img"]]
+    ok = bool(ours) and ours[0]["is_alwayson"]
+    labels = [arg.get("label") for arg in ours[0]["args"]] if ours else []
+    return ok, None, f"checkpoint {options.get('sd_model_checkpoint')}; script args {labels}"
