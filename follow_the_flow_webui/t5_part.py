@@ -3,7 +3,7 @@
 Forge's T5 engine lays a line out with no start token: its tokens, the end token (id 1), then padding (id 0)
 up to 256 rows or to the longest chunk, all of it attended. T5 is bidirectional with relative positions, so an
 item alone is encoded as Forge would encode the item's text as a whole prompt: its tokens, the end token and
-the padding, through the engine's own `encode_with_transformers` (batched, one call for all items); where it
+the padding, through the engine's own `encode_with_transformers` (batched, one call per length); where it
 sits does not change its rows. Emphasis is applied per chunk, so each chunk's "Original" rescale is recovered
 from the conditioning itself (`row_scale`).
 """
@@ -89,18 +89,17 @@ class T5Part:
         return Encoding(encoded.reshape(-1, encoded.shape[-1]))
 
     def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
-        if not requests:
-            return []
-        length = max(int(self.engine.min_length), max(len(r.token_ids) for r in requests) + 1)
-        sequences = []
-        for request in requests:
-            ids = [*request.token_ids, self.engine.id_end]
-            sequences.append(ids + [self.engine.id_pad] * (length - len(ids)))
-        encoded = self._run(sequences)
-        return [
-            IsolatedItem(request.text, list(request.token_ids), encoded[index, : len(request.token_ids)])
-            for index, request in enumerate(requests)
-        ]
+        """Each item as Forge encodes its text as a whole prompt: padded to the engine's `min_length`, or (Chroma's
+        unpadded engine) at its own length, since T5 attends the padding. One batched call per length."""
+        lengths = [max(int(self.engine.min_length), len(r.token_ids) + 1) for r in requests]
+        rows: list[torch.Tensor | None] = [None] * len(requests)
+        for length in sorted(set(lengths)):
+            group = [index for index, n in enumerate(lengths) if n == length]
+            sequences = [[*requests[index].token_ids, self.engine.id_end] for index in group]
+            encoded = self._run([ids + [self.engine.id_pad] * (length - len(ids)) for ids in sequences])
+            for position, index in enumerate(group):
+                rows[index] = encoded[position, : len(requests[index].token_ids)]
+        return [IsolatedItem(r.text, list(r.token_ids), r_rows) for r, r_rows in zip(requests, rows)]
 
     def empty(self) -> Encoding:
         if self._empty is None:

@@ -126,6 +126,26 @@ def test_chroma_t5_without_padding_patches_the_item(caplog):
     assert not errors.reported
 
 
+def test_chroma_items_of_different_lengths_each_match_their_encode_alone():
+    """Without padding, Forge encodes an item alone at its own length; items batched together must not get
+    the longer item's padding rows (the real Forge's Chroma was off on the shorter item of three)."""
+
+    def chroma(prompt: str, alwayson=None):
+        webui = make_webui("forge-flux", with_script=alwayson is not None)
+        shared.sd_model.text_processing_engine_t5.min_length = 1
+        return webui.txt2img(prompt=prompt, alwayson=alwayson, cfg_scale=1).sampling_records[0]
+
+    prompt = "a red crosswalk sign next to a zebra"
+    ref = chroma(prompt)
+    got = chroma("a ~red crosswalk sign~ next to a ~zebra~", on())
+    rows = changed_rows(conds(got), conds(ref))
+    long, short = t5_alone("red crosswalk sign"), t5_alone("zebra")
+    assert len(long) > len(short) and len(rows) == len(long) + len(short)
+    torch.testing.assert_close(crossattn(conds(got))[rows[: len(long)]], long, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(crossattn(conds(got))[rows[len(long) :]], short, atol=1e-6, rtol=1e-5)
+    assert not errors.reported
+
+
 def test_t5_emphasis_is_kept_on_patched_rows():
     """Forge's "Original" emphasis multiplies T5 rows and rescales each chunk to its mean; the patched rows get
     the same factor."""
