@@ -95,7 +95,7 @@ class PairOutcome:
         return sum(source is not None and source in self.pair.contexts[0] for source in self.three_item_sources)
 
 
-def _target_entry(report, target: str):
+def target_entry(report, target: str):
     """The last item of the report that ends with the target's words ("bats"; "striped shirt")."""
     words = target.split()
     matches = [entry for entry in report.items if entry.item.text.split()[-len(words) :] == words]
@@ -112,7 +112,7 @@ def evaluate_pairs(
     options = FlowOptions(detect=True, sensitivity=sensitivity)
 
     def target(prompt: str):
-        return _target_entry(patcher.run(prompt, options).report, pair.target)
+        return target_entry(patcher.run(prompt, options).report, pair.target)
 
     outcomes = []
     for pair in pairs if pairs is not None else minimal_pairs():

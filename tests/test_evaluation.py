@@ -5,7 +5,7 @@ import pytest
 from flowcore import FlowPatcher
 from flowcore.calibration import calibration_prompts
 from flowcore.errors import OptionsError
-from flowcore.evaluation import SPLITS, MinimalPair, _target_entry, evaluate_pairs, minimal_pairs
+from flowcore.evaluation import SPLITS, MinimalPair, evaluate_pairs, minimal_pairs, target_entry
 from flowcore.segmentation import segment
 
 TAG_SPLITS = ("tags-dev", "tags-final")
@@ -48,8 +48,8 @@ def test_new_pairs_segment_into_their_contexts_and_target(split, nlp):
 
 def test_a_target_of_several_words_is_found_in_the_report(minilm_encoder, nlp):
     report = FlowPatcher(minilm_encoder, nlp=nlp).run("tiger, striped shirt").report
-    assert _target_entry(report, "striped shirt").item.text == "striped shirt"
-    assert _target_entry(report, "shirt").item.text == "striped shirt"
+    assert target_entry(report, "striped shirt").item.text == "striped shirt"
+    assert target_entry(report, "shirt").item.text == "striped shirt"
 
 
 def test_an_outcome_says_whether_its_target_is_a_tag_and_is_flagged_against_that_null(minilm_encoder, nlp):

@@ -107,7 +107,7 @@ class GenericEncoder:
         """`text` in chunks; `segments`: the spans to tokenize one by one (see `flowcore.layout.layout_prompt`)."""
         return layout_prompt(self.tokenizer, text, self.format, segments)
 
-    def _frame(self, ids: Sequence[int], start: int) -> tuple[list[int], list[int]]:
+    def frame(self, ids: Sequence[int], start: int) -> tuple[list[int], list[int]]:
         """`[start token] ids [end token]` with their position ids: the start token at 0, `ids` from `start`."""
         head = [self.start_id] if self.start_id is not None else []
         tail = [self.end_id] if self.end_id is not None else []
@@ -134,7 +134,7 @@ class GenericEncoder:
         return out.hidden_states[self.layer]
 
     def encode(self, layout: PromptLayout) -> Encoding:
-        sequences = [self._frame([t.id for t in chunk], layout.leading) for chunk in layout.chunks]
+        sequences = [self.frame([t.id for t in chunk], layout.leading) for chunk in layout.chunks]
         rows = self._run(sequences, layout.format.rows)  # (chunks, rows, dim)
         return Encoding(rows=rows.reshape(-1, rows.shape[-1]))
 
@@ -147,7 +147,7 @@ class GenericEncoder:
         leading = self.format.leading
         token_ids = [list(request.token_ids)[: self.format.tokens] for request in requests]
         starts = [request.start if self.supports_positions else leading for request in requests]
-        sequences = [self._frame(ids, start) for ids, start in zip(token_ids, starts)]
+        sequences = [self.frame(ids, start) for ids, start in zip(token_ids, starts)]
         length = max(len(ids) for ids, _ in sequences)
         if self.supports_positions and POSITIONS_WITHIN_LENGTH and not self.attend_padding:  # masked padding
             length = max(length, *(places[-1] + 1 for _, places in sequences))
