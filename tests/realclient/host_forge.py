@@ -420,7 +420,12 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 patched = re.search(r"FtF patched: (\"[^\"]*\"|[^,]*)", infotext)
                 patched = patched.group(1).strip('"') if patched else ""
                 parts = found.get("parts") or {"rows": (found["max_diff"], found["scale"])}
-                ok = all(diff <= tolerance(scale) for diff, scale in parts.values())
+                noise = found.get("t5_batch_noise", 0.0)  # Forge's own: its batch of the items vs one by one
+
+                def allowed(part: str, scale: float) -> float:
+                    return max(tolerance(scale), noise) if part == "T5" else tolerance(scale)
+
+                ok = all(diff <= allowed(part, scale) for part, (diff, scale) in parts.items())
                 ok = ok and found["others_equal"] and found["negative_equal"]
                 ok = (
                     ok
@@ -431,11 +436,18 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 detail = f"rows {found['rows']}/{found['total_rows']} patched, "
                 if len(parts) > 1:
                     detail += ", ".join(
-                        f"{part} {diff:.2g} within {tolerance(scale):.2g} (largest |value| {scale:.3g})"
+                        f"{part} {diff:.2g} within {allowed(part, scale):.2g} (largest |value| {scale:.3g})"
                         for part, (diff, scale) in parts.items()
                     )
                 else:
-                    detail += f"within {tolerance(found['scale']):.2g} (largest |value| {found['scale']:.3g})"
+                    part = next(iter(parts))
+                    detail += f"within {allowed(part, found['scale']):.2g} (largest |value| {found['scale']:.3g})"
+                if noise:
+                    detail += (
+                        f"; Forge's own T5 encodes of these items in one batch differ from its encodes one by one "
+                        f"by {noise:.2g} (float32 rounding that depends on the batch's shape): the T5 bound is the "
+                        "larger of the two"
+                    )
                 detail += "; other rows " + ("bit-identical" if found["others_equal"] else "DIFFER")
                 detail += "; negative bit-identical" if found["negative_equal"] else "; negative DIFFERS"
                 if found["vector_equal"] is not None:

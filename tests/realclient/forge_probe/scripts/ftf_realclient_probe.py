@@ -7,8 +7,9 @@ positions from its text engines' `tokenize_line`), as the spec file `$FTF_PROBE_
 `$FTF_PROBE_OUT/<name>.json`: `max_diff` (patched rows against the item alone), `scale` (the largest |value|
 in the item's own rows), `parts` (the same two numbers per encoder's part of the rows: CLIP, or SD 3.5's CLIP-L
 and CLIP-G columns and T5 rows), `others_equal`, `negative_equal`, `vector_equal` (the pooled vector, where the
-model has one), `rows`, `encode_seconds` (each of its own encodes of a text) and `model` (the engine class Forge
-chose and the repository it guessed). Without a spec file it compares nothing.
+model has one), `rows`, `encode_seconds` (each of its own encodes of a text), `model` (the engine class Forge
+chose and the repository it guessed) and, with several items and a T5 engine, `t5_batch_noise` (see
+`t5_batch_noise`). Without a spec file it compares nothing.
 
 Rows are laid out per part: the model's first CLIP engine (SDXL's `crossattn` is CLIP-L and CLIP-G side by side,
 so one row index covers both), then, where the model has one, its T5 engine (no start token), whose rows follow
@@ -122,6 +123,25 @@ def part_rows(plain: str, alone: str) -> list[tuple[str, list[int], list[int], s
     return found
 
 
+def t5_batch_noise(texts: list[str]) -> float:
+    """How far Forge's own T5 encode of these texts in one batch (one per length, as the glue batches items) is
+    from its encodes one by one: float32 rounding that depends on the batch's shape (CPU matrix kernels pick
+    their blocking by it), measured here so the suite can tell it from a wrong patch."""
+    engine = getattr(shared.sd_model, "text_processing_engine_t5", None)
+    if engine is None or len(texts) < 2:
+        return 0.0
+    sequences = [tokens(engine, text) for text in texts]
+    noise = 0.0
+    with torch.no_grad():
+        for length in sorted({len(ids) for ids in sequences}):
+            group = [ids for ids in sequences if len(ids) == length]
+            together = engine.encode_with_transformers(torch.tensor(group)).float().cpu()
+            for index, ids in enumerate(group):
+                alone = engine.encode_with_transformers(torch.tensor([ids])).float().cpu()
+                noise = max(noise, float((together[index] - alone[0]).abs().max()))
+    return noise
+
+
 def model_name() -> str:
     model = shared.sd_model
     repo = getattr(getattr(model, "model_config", None), "huggingface_repo", "?")
@@ -168,6 +188,8 @@ class Probe(scripts.Script):
                     worst, largest = parts.get(name, (0.0, 0.0))
                     parts[name] = (max(worst, diff), max(largest, scale))
                     expected.update(rows)
+            if "T5" in parts and parts["T5"][0] > 0:  # not bit-identical: how much of it is Forge's own rounding
+                result["t5_batch_noise"] = t5_batch_noise([alone_text for _item, alone_text in spec["items"]])
             others = [row for row in range(cond.shape[0]) if row not in expected]
             result.update(
                 max_diff=max((diff for diff, _ in parts.values()), default=0.0),
