@@ -1,4 +1,5 @@
-"""A WebUI extension for `beside_a1111.py` only (copied into `extensions/` for a run, removed after).
+"""A WebUI extension for `beside_a1111.py` and `beside_forge.py` only (copied into `extensions/` for a run, removed
+after).
 
 Like `a1111_probe`, but for runs beside other extensions and features, where one request has several sampling passes
 (the hires pass, ADetailer's inpaint passes, one per X/Y/Z cell or prompt line), a pass several images and an image
@@ -34,8 +35,12 @@ def encode(p, text: str) -> torch.Tensor:
 
 
 def text_encoder():
-    """The encoder whose `tokenize_line` lays the rows out (SDXL: its CLIP-L embedder)."""
+    """The encoder whose `tokenize_line` lays the rows out: A1111's (SDXL: its CLIP-L embedder), or Forge's CLIP text
+    engine (SDXL: CLIP-L's), whose `cond_stage_model` is None."""
     model = shared.sd_model
+    for name in ("text_processing_engine", "text_processing_engine_l"):  # Forge
+        if getattr(model, name, None) is not None:
+            return getattr(model, name)
     return model.conditioner.embedders[0] if getattr(model, "is_sdxl", False) else model.cond_stage_model
 
 
