@@ -6,6 +6,8 @@ import comfy_standin  # noqa: F401 - puts the stand-in's `comfy` and `nodes` on 
 import pytest
 import torch
 
+from comfyui_nodes import conditioning
+
 
 @pytest.fixture(scope="session")
 def clips():
@@ -20,3 +22,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def calibrated(monkeypatch):
+    """Give the node's patchers these calibrations (by part name) instead of measuring their own."""
+    given = {}
+    real = conditioning.FlowPatcher
+    monkeypatch.setattr(
+        conditioning, "FlowPatcher", lambda part, **kwargs: real(part, calibration=given.get(part.name), **kwargs)
+    )
+    conditioning._PATCHERS.clear()
+    yield given
+    conditioning._PATCHERS.clear()

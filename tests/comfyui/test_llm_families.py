@@ -39,19 +39,6 @@ def llms():
     return built
 
 
-@pytest.fixture()
-def calibrated(monkeypatch):
-    """Give the node's patchers these calibrations (by part name) instead of measuring their own."""
-    given = {}
-    real = conditioning.FlowPatcher
-    monkeypatch.setattr(
-        conditioning, "FlowPatcher", lambda part, **kwargs: real(part, calibration=given.get(part.name), **kwargs)
-    )
-    conditioning._PATCHERS.clear()
-    yield given
-    conditioning._PATCHERS.clear()
-
-
 def own(family, clip, text, system=SYSTEM):
     """The family's own node: `CLIPTextEncodeLumina2` for Lumina 2 (with a system prompt), else `CLIPTextEncode`:
     (cond `(rows, width)`, extras)."""

@@ -49,19 +49,6 @@ def _hf_copy(clip):
     return model
 
 
-@pytest.fixture()
-def calibrated(monkeypatch):
-    """Give the node's patchers these calibrations (by part name) instead of measuring their own."""
-    given = {}
-    real = conditioning.FlowPatcher
-    monkeypatch.setattr(
-        conditioning, "FlowPatcher", lambda part, **kwargs: real(part, calibration=given.get(part.name), **kwargs)
-    )
-    conditioning._PATCHERS.clear()
-    yield given
-    conditioning._PATCHERS.clear()
-
-
 def test_automatic_detection_scores_as_the_core_does(clips, nlp):
     """The node calibrates ComfyUI's CLIP as the core calibrates the same weights in transformers, and scores
     the same: the same threshold, leak scores and decisions (`flowcore analyze` on that checkpoint)."""
