@@ -24,39 +24,32 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from beside_common import (  # noqa: E402
     AD_MODEL,
-    BESIDE_PROBE,
     CN_MODEL,
-    FTF_ON,
+    FEATURES,
     YOLO_BUILDER,
     Client,
     Host,
     command_line,
-    ftf_lines,
     install_ours,
     output_folder,
-    patched_in,
     place_peers,
+    refiner_rows,
     remove_peers,
-    rows_ok,
     run_from_command_line,
     run_rows,
     settings_file,
     styles_file,
 )
-from beside_common import FEATURES as COMMON_FEATURES  # noqa: E402
 from host_a1111 import (  # noqa: E402
-    EXTENSION,
     FLAGS,
     HUB_CACHE,
     WebUI,
-    copy_tree,
     launcher_env,
     place_repositories,
     relaxed_requirements,
@@ -67,7 +60,6 @@ from host_common import (  # noqa: E402
     REPO,
     Row,
     Server,
-    checkout_files,
     free_port,
     host_env,
     link,
@@ -82,9 +74,7 @@ PEER_FOLDERS = {
     "adetailer": "adetailer",
     "controlnet": "sd-webui-controlnet",
 }
-# row groups (`--rows`): the peers' own, and the WebUI's features (no peer)
-FEATURES = (*COMMON_FEATURES, "refiner")
-GROUPS = (*PEER_FOLDERS, *FEATURES)
+GROUPS = (*PEER_FOLDERS, *FEATURES)  # row groups (`--rows`): the peers' own, and the WebUI's features (no peer)
 # A random ControlNet of the SD 1.5 layout: sd-webui-controlnet's own `controlnet_default_config` and `ControlNet`
 # class (its `cldm.py`, on the WebUI's ldm), every weight drawn (its zero convolutions too, so a unit changes the
 # image), norms 1, biases 0, saved in fp16.
@@ -220,112 +210,11 @@ def check(args) -> list[Row]:
             f"{text.count('Traceback')} tracebacks, script/install errors {errors[:3]} in {webui.server.log.name}",
         )
     )
-    if "refiner" in args.groups and args.sdxl:
-        began = time.perf_counter()
-        try:
-            rows.append(refiner_row(args, host, out))
-        except Exception as error:  # its setup: a failed row, the rows above still printed
-            detail = f"{type(error).__name__}: {error}"
-            rows.append(
-                Row(
-                    host,
-                    "sdxl",
-                    "refiner",
-                    "SDXL refiner switch",
-                    False,
-                    None,
-                    None,
-                    time.perf_counter() - began,
-                    detail,
-                )
-            )
-    return rows
 
+    def start(checkpoint: Path, name: str, **env: str) -> BesideWebUI:  # the refiner row's server: no peers
+        return BesideWebUI(python, host_dir, checkpoint, out, f"webui-{name}", [], **env)
 
-def refiner_row(args, host: str, out: Path) -> Row:
-    """The WebUI's refiner switch on SDXL (`--sdxl FILE`, as base and, under a second name, as refiner; another
-    server, no peers): the first part patched (probe), the switch made, one warning in the log and the infotext
-    saying the refiner's part is unpatched. Its peak memory is sampled every second, so that a server killed for
-    memory still reports how far it got ("did not fit")."""
-    import threading
-
-    host_dir, python = args.host_dir, args.python
-    models = host_dir / "models" / "Stable-diffusion"
-    base = link(args.sdxl, models)
-    refiner = models / "sdxl-refiner-copy.safetensors"  # the same weights: another checkpoint to the WebUI
-    refiner.unlink(missing_ok=True)
-    refiner.symlink_to(args.sdxl.resolve())
-    source = args.extension_from or REPO
-    copy_tree(
-        [source / name for name in checkout_files() if (source / name).is_file()],
-        source,
-        host_dir / "extensions" / EXTENSION,
-    )
-    probe_root = Path(__file__).with_name("beside_probe")
-    copy_tree(list(probe_root.rglob("*.py")), probe_root, host_dir / "extensions" / BESIDE_PROBE)
-    spec, probe_out = out / "refiner-spec.json", out / "probe"
-    webui = BesideWebUI(
-        python,
-        host_dir,
-        base,
-        out,
-        "webui-refiner",
-        [],
-        FTF_BESIDE_SPEC=str(spec),
-        FTF_BESIDE_OUT=str(probe_out),
-        FLOWCORE_CACHE=str(out / "flowcore-cache-sdxl"),
-    )
-    peak, running = [0.0], [True]
-
-    def sample() -> None:
-        while running[0]:
-            peak[0] = max(peak[0], webui.server.peak_mb() or 0.0)
-            time.sleep(1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    began = time.perf_counter()
-    check_name = "SDXL refiner switch at 0.5 (the SDXL file again as refiner): steps aside with one warning"
-    try:
-        webui.wait_ready(timeout=900)
-        client = Client(webui, spec, probe_out)
-        result = client.txt2img(
-            "refiner",
-            "a dark cave with ~bats~",
-            {"Follow the Flow": {"args": FTF_ON}},
-            [[["bats", "bats"]]],
-            steps=4,
-            settings={"live_previews_enable": False},  # on SDXL it would download the preview model first
-            refiner_checkpoint=refiner.stem,
-            refiner_switch_at=0.5,
-        )
-        ok, worst, detail = rows_ok(result["probe"])
-        text = result["infotexts"][0]
-        warned = [line for line in ftf_lines(result["log"]) if "refiner" in line]
-        switched = "Refiner: " in text
-        detail = (
-            f"first part: {detail}; switch made (Refiner in infotext): {switched}; FtF warnings about the refiner "
-            f"{warned}; infotext 'FtF refiner: unpatched': {'FtF refiner: unpatched' in text}; FtF patched "
-            f"{patched_in(text)}; traceback {'Traceback' in result['log']}"
-        )
-        good = (
-            ok and switched and len(warned) == 1 and "FtF refiner: unpatched" in text and patched_in(text) == ["bats"]
-        )
-        good = good and "Traceback" not in result["log"]
-    except Exception as error:
-        alive = webui.server.process.poll() is None
-        ok_detail = "" if alive else f"did not fit: the server exited ({webui.server.process.returncode}); "
-        good, worst, detail = False, None, f"{ok_detail}{type(error).__name__}: {error}; peak {peak[0]:.0f} MB"
-    finally:
-        running[0] = False
-        sampler.join()
-        webui.server.stop()
-        spec.unlink(missing_ok=True)
-        refiner.unlink(missing_ok=True)
-        base.unlink(missing_ok=True)
-        remove_copies(host_dir)
-        remove_peers(host_dir / "extensions", list(PEER_FOLDERS.values()))
-    return Row(host, "sdxl", "refiner", check_name, good, worst, peak[0] or None, time.perf_counter() - began, detail)
+    return rows + refiner_rows(args, host, list(PEER_FOLDERS.values()), start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,9 +224,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="install the extension from this tree (a copy of the checkout with a fix applied)",
-    )
-    parser.add_argument(
-        "--sdxl", type=Path, metavar="FILE", help="an SDXL checkpoint for the refiner row (base and refiner)"
     )
     return run_from_command_line(parser, argv, PEER_FOLDERS, GROUPS, check, "a1111")
 

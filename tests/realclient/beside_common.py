@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import struct
+import threading
 import time
 import traceback
 import zlib
@@ -35,11 +36,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_a1111 import EXTENSION, NEGATIVE, WebUI, copy_tree
-from host_common import NOT_RUN, Row, checked_row, checkout_files, exit_status, http_json, say, table, tolerance
+from host_a1111 import EXTENSION, NEGATIVE, WebUI, copy_tree, remove_copies
+from host_common import (
+    NOT_RUN,
+    REPO,
+    Row,
+    checked_row,
+    checkout_files,
+    exit_status,
+    http_json,
+    link,
+    say,
+    table,
+    tolerance,
+)
 
 BESIDE_PROBE = "ftf-beside-probe"
-FEATURES = ("img2img", "inpaint", "hires", "styles", "xyz", "pff")  # the host's own features (no peer)
+FEATURES = ("img2img", "inpaint", "hires", "styles", "xyz", "pff", "refiner")  # the host's own features (no peer)
 STYLE = "ftf-moths"  # a saved style (in a styles file of the run) that adds a marked item
 AD_MODEL = "ftf-random-yolov8n.pt"
 CN_MODEL = "control_v11p_sd15_ftfrandom"
@@ -793,6 +806,94 @@ def run_rows(host: Host) -> list[Row]:
     return rows
 
 
+def refiner_row(
+    host: str, host_dir: Path, sdxl: Path, source: Path, peers: list[str], start: Callable[..., WebUI]
+) -> Row:
+    """The host's refiner switch on SDXL: `sdxl` as base and, under a second name, as refiner, on a server of its own
+    (`start(checkpoint, name, **env)`, no peers): the first part patched (probe), the switch made, one warning in the
+    log and the infotext saying the refiner's part is unpatched. Its peak memory is sampled every second, so that a
+    server killed for memory still reports how far it got ("did not fit")."""
+    out = output_folder(host_dir)
+    models = host_dir / "models" / "Stable-diffusion"
+    base = link(sdxl, models)
+    refiner = models / "sdxl-refiner-copy.safetensors"  # the same weights: another checkpoint to the host
+    refiner.unlink(missing_ok=True)
+    refiner.symlink_to(sdxl.resolve())
+    install_ours(source, host_dir / "extensions")
+    spec, probe_out = out / "refiner-spec.json", out / "probe"
+    webui = start(
+        base,
+        "refiner",
+        FTF_BESIDE_SPEC=str(spec),
+        FTF_BESIDE_OUT=str(probe_out),
+        FLOWCORE_CACHE=str(out / "flowcore-cache-sdxl"),
+    )
+    peak, running = [0.0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], webui.server.peak_mb() or 0.0)
+            time.sleep(1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.perf_counter()
+    check_name = "SDXL refiner switch at 0.5 (the SDXL file again as refiner): steps aside with one warning"
+    try:
+        webui.wait_ready(timeout=900)
+        client = Client(webui, spec, probe_out)
+        result = client.txt2img(
+            "refiner",
+            "a dark cave with ~bats~",
+            {"Follow the Flow": {"args": FTF_ON}},
+            [[["bats", "bats"]]],
+            steps=4,
+            settings={"live_previews_enable": False},  # on SDXL it would download the preview model first
+            refiner_checkpoint=refiner.stem,
+            refiner_switch_at=0.5,
+        )
+        ok, worst, detail = rows_ok(result["probe"])
+        text = result["infotexts"][0]
+        warned = [line for line in ftf_lines(result["log"]) if "refiner" in line]
+        switched = "Refiner: " in text
+        detail = (
+            f"first part: {detail}; switch made (Refiner in infotext): {switched}; FtF warnings about the refiner "
+            f"{warned}; infotext 'FtF refiner: unpatched': {'FtF refiner: unpatched' in text}; FtF patched "
+            f"{patched_in(text)}; traceback {'Traceback' in result['log']}"
+        )
+        good = (
+            ok and switched and len(warned) == 1 and "FtF refiner: unpatched" in text and patched_in(text) == ["bats"]
+        )
+        good = good and "Traceback" not in result["log"]
+    except Exception as error:
+        alive = webui.server.process.poll() is None
+        ok_detail = "" if alive else f"did not fit: the server exited ({webui.server.process.returncode}); "
+        good, worst, detail = False, None, f"{ok_detail}{type(error).__name__}: {error}; peak {peak[0]:.0f} MB"
+    finally:
+        running[0] = False
+        sampler.join()
+        webui.server.stop()
+        spec.unlink(missing_ok=True)
+        refiner.unlink(missing_ok=True)
+        base.unlink(missing_ok=True)
+        remove_copies(host_dir)
+        remove_peers(host_dir / "extensions", peers)
+    return Row(host, "sdxl", "refiner", check_name, good, worst, peak[0] or None, time.perf_counter() - began, detail)
+
+
+def refiner_rows(args: argparse.Namespace, host: str, peers: list[str], start: Callable[..., WebUI]) -> list[Row]:
+    """`refiner_row` where `--rows` names it and `--sdxl` is given; a failure of its setup is a failed row."""
+    if "refiner" not in args.groups or not args.sdxl:
+        return []
+    began = time.perf_counter()
+    source = getattr(args, "extension_from", None) or REPO
+    try:
+        return [refiner_row(host, args.host_dir, args.sdxl, source, peers, start)]
+    except Exception as error:
+        seconds, detail = time.perf_counter() - began, f"{type(error).__name__}: {error}"
+        return [Row(host, "sdxl", "refiner", "SDXL refiner switch", False, None, None, seconds, detail)]
+
+
 def command_line(prog: str, doc: str, peer_folders: dict[str, str], groups: tuple[str, ...]) -> argparse.ArgumentParser:
     """The options both hosts' scripts take: the host, its Python and deps, a tree per peer, `--models`, `--only`,
     `--rows`; each script adds its own."""
@@ -808,6 +909,9 @@ def command_line(prog: str, doc: str, peer_folders: dict[str, str], groups: tupl
         metavar="DIR",
         help="where the random ADetailer detector (adetailer/) and ControlNet (controlnet/) are "
         "(default <host-dir>/realclient-models)",
+    )
+    parser.add_argument(
+        "--sdxl", type=Path, metavar="FILE", help="an SDXL checkpoint for the refiner row (base and refiner)"
     )
     parser.add_argument("--only", metavar="LIST", help="comma-separated peers to place: the others are left out")
     parser.add_argument(

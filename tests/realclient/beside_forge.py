@@ -2,7 +2,7 @@
 
     python3 tests/realclient/beside_forge.py --host-dir /work/hosts/forge --deps /work/hosts/forge-deps \
         --python /work/hosts/forge/venv/bin/python --site DIR --rp DIR --dp DIR --cutoff DIR --adetailer DIR \
-        [--checkpoint FILE] [--models DIR] [--rows LIST] [--only LIST]
+        [--checkpoint FILE] [--models DIR] [--sdxl FILE] [--rows LIST] [--only LIST]
 
 As `beside_a1111.py` (the same peer trees, rows and probe, random SD 1.5), with Forge's differences:
 - ControlNet is Forge's built-in one (`extensions-builtin/sd_forge_controlnet`, no tree to place): the random
@@ -14,8 +14,9 @@ As `beside_a1111.py` (the same peer trees, rows and probe, random SD 1.5), with 
   server only, so Forge's venv stays as it is; Forge starts with `--skip-install` (no extension's installer runs).
 - The server reads its own copy of Forge's settings (`--ui-settings-file`) with no additional modules: the suite's
   `config.json` names the last family's VAE and text encoders.
-Forge alone is not started: `host_forge.py` shows that the extension switched off is Forge alone. Outputs in
-`<host-dir>/realclient-beside-out/`. Exit status as `run.py`'s: 0 all passed, 1 a row failed.
+`--sdxl FILE` adds the refiner row (`beside_common.refiner_row`, a server of its own). Forge alone is not started:
+`host_forge.py` shows that the extension switched off is Forge alone. Outputs in `<host-dir>/realclient-beside-out/`.
+Exit status as `run.py`'s: 0 all passed, 1 a row failed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from beside_common import (  # noqa: E402
     install_ours,
     output_folder,
     place_peers,
+    refiner_rows,
     remove_peers,
     run_from_command_line,
     run_rows,
@@ -173,7 +175,14 @@ def check(args) -> list[Row]:
     rows.append(
         Row(host, "sd15", "all", "server log: every extension loaded, no traceback", ok, None, peak, None, detail)
     )
-    return rows
+    # the refiner row's server: no peers, no additional modules (Forge would load the last family's VAE and text
+    # encoders beside SDXL), no live previews
+    refiner_flags = ["--skip-install", "--ui-settings-file", str(settings_file(config, None, out))]
+
+    def start(checkpoint: Path, name: str, **env: str) -> BesideForge:
+        return BesideForge(python, host_dir, checkpoint, out, f"forge-{name}", args.deps, refiner_flags, **env)
+
+    return rows + refiner_rows(args, host, list(PEER_FOLDERS.values()), start)
 
 
 def main(argv: list[str] | None = None) -> int:
