@@ -18,10 +18,13 @@ share of unrelated items as today's default sensitivity (0.5).
 Printed per variant, pooled over the splits' pairs (`flowcore.evaluation`): AUC (a pulling target's score
 against a neutral one's), wins, pulling and neutral targets flagged. `--layer mid` reads the middle layer
 (calibrated there, cached under its own key), `--tokens mean` the mean of an item's rows instead of its last.
-The encoders are benchmarks/leakage.py's; by default the final splits are left out (they are scored once).
+The encoders are benchmarks/leakage.py's; `--gguf FILE` scores a causal LLM stored as one GGUF file instead
+(labelled by the file's name), to check on an encoder the variants were not chosen on. By default the final
+splits are left out (they are scored once).
 
     python benchmarks/flow_scores.py --encoder minilm|smollm2 [--splits dev,held-out,tags-dev] [--limit N]
         [--layer main|mid] [--tokens last|mean]
+    python benchmarks/flow_scores.py --gguf FILE [--splits ...] [--limit N] [--layer main|mid] [--tokens last|mean]
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
-from leakage import ENCODERS
+from leakage import ENCODERS, gguf_encoders
 
 from flowcore import FlowOptions, FlowPatcher, GenericEncoder
 from flowcore.analysis import item_vector, pull_value
@@ -284,11 +288,13 @@ def at_layer(encoder: GenericEncoder, layer: str) -> GenericEncoder:
     return middle
 
 
-def flow_table(encoder_name: str, splits: list[str], limit: int | None, layer: str, last_token: bool) -> None:
-    """Measure the calibration prompts (the nulls) and the pairs of `splits`, then print the table."""
+def flow_table(
+    name: str, load: Callable[[], GenericEncoder], splits: list[str], limit: int | None, layer: str, last_token: bool
+) -> None:
+    """Measure the calibration prompts (the nulls) and the pairs of `splits` on the encoder `load` gives (labelled
+    `name`), then print the table."""
     # 1. Load the encoder and its calibration (measured now, or read from the disk cache).
-    name = ENCODER_CHOICES[encoder_name]
-    encoder = at_layer(ENCODERS[name](), layer)
+    encoder = at_layer(load(), layer)
     patcher = FlowPatcher(encoder)
     calibration = patcher.calibration
 
@@ -368,6 +374,7 @@ def flow_table(encoder_name: str, splits: list[str], limit: int | None, layer: s
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encoder", choices=sorted(ENCODER_CHOICES), default="minilm")
+    parser.add_argument("--gguf", type=Path, help="score this causal LLM's GGUF file instead of `--encoder`")
     parser.add_argument("--splits", default=DEFAULT_SPLITS, help="comma-separated splits of the pairs")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs of each split")
     parser.add_argument("--layer", choices=("main", "mid"), default="main", help="the encoder's layer or a middle one")
@@ -378,10 +385,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"`--splits` must be among {', '.join(SPLITS)} but has {', '.join(unknown)}.")
     if args.limit is not None and args.limit < 1:
         parser.error(f"`--limit` must be at least 1 but is {args.limit}.")
+    if args.gguf is not None and not args.gguf.is_file():
+        parser.error(f"`--gguf` must be a GGUF file but {str(args.gguf)!r} is not a file.")
+    if args.gguf is not None:
+        ((name, load),) = gguf_encoders(args.gguf).items()
+        chosen = f"--gguf {args.gguf}"
+    else:
+        name = ENCODER_CHOICES[args.encoder]
+        load, chosen = ENCODERS[name], f"--encoder {args.encoder}"
     try:
-        flow_table(args.encoder, splits, args.limit, args.layer, args.tokens == "last")
+        flow_table(name, load, splits, args.limit, args.layer, args.tokens == "last")
     except (ModelNotFoundError, ImportError) as error:
-        parser.error(f"`--encoder {args.encoder}` is not available: {error}")
+        parser.error(f"`{chosen}` is not available: {error}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flowcore.clip_tokenizer import BOS_ID, BPE_FILENAME, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer, find_clip_bpe
 from flowcore.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from flowcore.encoders import GenericEncoder
 
 __all__ = ["BOS_ID", "BPE_FILENAME", "CLIP_VOCAB_SIZE", "EOS_ID", "clip_tokenizer", "find_clip_bpe"]  # re-exported
 
@@ -309,13 +313,26 @@ def smollm2_tokenizer():
     return tokenizer
 
 
-def smollm2_encoder():
-    """SmolLM2-135M-Instruct, a trained causal LLM (Llama architecture, 30 layers, hidden 576), as a
-    `GenericEncoder.for_causal_lm`: real causal semantics offline. Loading dequantises it to fp32 (~20 s)."""
+def causal_gguf_encoder(path: Path, layer: int = -1, tokenizer=None) -> GenericEncoder:
+    """A trained causal LLM stored as one GGUF file, as a `GenericEncoder.for_causal_lm` reading `layer` of its
+    hidden states (-1: the last). Loading dequantises the weights to fp32 (about 4 bytes per parameter).
+
+    `tokenizer`: the one to use, or None for the GGUF's own (read from the file, which takes seconds)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flowcore.encoders import GenericEncoder
 
-    model = AutoModelForCausalLM.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    return GenericEncoder.for_causal_lm(smollm2_tokenizer(), model.eval())
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"No GGUF file at {str(path)!r}: pass the path of a causal LLM's `.gguf` file.")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return GenericEncoder.for_causal_lm(tokenizer, model.eval(), layer=layer)
+
+
+def smollm2_encoder():
+    """SmolLM2-135M-Instruct, a trained causal LLM (Llama architecture, 30 layers, hidden 576), as a
+    `GenericEncoder.for_causal_lm`: real causal semantics offline. Loading dequantises it to fp32 (~20 s)."""
+    return causal_gguf_encoder(smollm2_folder() / SMOLLM2_GGUF, tokenizer=smollm2_tokenizer())
