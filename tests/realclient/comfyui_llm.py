@@ -22,7 +22,9 @@ own node (every tensor of the conditioning bit-identical); a marked item against
 item alone (the same node, so the same template, the item right after it, as the node patches), its rows within
 `inside_comfyui.tolerance`, every other row and tensor bit-identical; *Every item* on a tag prompt: the report
 names exactly the items, each item's rows within tolerance of its own encode alone, the separators' and the
-template's rows bit-identical.
+template's rows bit-identical; *Automatic* at sensitivity 0.9 (calibrated as `CALIBRATION_PROMPTS` says: in full, or
+on a few prompts, timed, the full one extrapolated): it patches something, the items its report names get their
+rows encoded alone, everything else bit-identical.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ TAGS = "red shoes, white shirt, blue hair"
 TAG_ITEMS = ["red shoes", "white shirt", "blue hair"]
 LUMINA_SYSTEM_PROMPT = "superior"  # ComfyUI's CLIPTextEncodeLumina2 choice
 BYTE_LEVEL_FAMILIES = ("qwen-image", "hidream")  # tokenizers whose tokens carry the space before a word
+# *Automatic*'s calibration: all of the built-in prompts (None) where that takes minutes here (Gemma 2 2B: about 5
+# min), else this many of them (`inside_comfyui.short_calibration`), timed and extrapolated (a 7-8B model's encode
+# takes 50-120 s here, so the full one would take hours)
+CALIBRATION_PROMPTS = {"lumina2": None, "qwen-image": 12, "hidream": 12}
 SERVER_FAMILIES = ("lumina2",)  # images: Qwen-Image's (Wan 2.1) autoencoder is not written, HiDream is not built
 TOKENIZER_NOTE = {
     "lumina2": "Gemma tokenizer: a stand-in of Gemma's 256000 ids built from Qwen2's vocabulary (llm.py)",
@@ -336,13 +342,16 @@ def item_rows(clip, family: str, key: str, text: str, item: str, rows: int, alon
     return [start + n - offset for n in range(len(ids))], [prefix + n - alone_offset for n in range(len(ids))]
 
 
-def compare_patched(inside, family, clip, node_class, text, plain, items, mode):
+def compare_patched(inside, family, clip, node_class, text, plain, items, mode, sensitivity=0.5, timings=None):
     """The node on `text` against the family's own node on `plain`: each item's rows within tolerance of the
     family's own node on the item alone (`alone_text`), every row of no item and every other tensor bit-identical.
-    Returns (ok, worst difference, detail, the node's report)."""
+    The node's seconds are appended to `timings` when given. Returns (ok, worst difference, detail, the report)."""
     import torch
 
-    conditioning, report = node_encode(node_class, family, clip, text, mode)
+    began = time.perf_counter()
+    conditioning, report = node_encode(node_class, family, clip, text, mode, sensitivity)
+    if timings is not None:
+        timings.append(time.perf_counter() - began)
     got, want = tensors(conditioning), tensors(own_encode(family, clip, plain))
     if set(got) != set(want):
         return False, float("inf"), f"tensors {sorted(got)} != {sorted(want)}", report
@@ -443,6 +452,26 @@ def main() -> int:
         return ok and exact, diff, f"report names {named}; {detail}"
 
     inside.run_check("Every item on a tag prompt: exactly the items", every_item)
+
+    shortened = CALIBRATION_PROMPTS[family]
+
+    def automatic():
+        count, total = inside.short_calibration(shortened) if shortened else (None, None)
+        began = time.perf_counter()
+        report = node_encode(node_class, family, clip, PROMPT, "Automatic", 0.9)[1]
+        first_s = time.perf_counter() - began
+        named, timings = inside._patched_in_report(report), []
+        ok, diff, detail, _ = compare_patched(
+            inside, family, clip, node_class, PROMPT, PROMPT, named, "Automatic", 0.9, timings
+        )
+        if shortened:
+            timing = inside.calibration_timing(first_s, timings[0], count, total)
+        else:
+            timing = f"full calibration: first Automatic call {first_s:.0f} s, again {timings[0]:.0f} s"
+        return ok and bool(named), diff, f"{timing}; report names {named or 'nothing'}; {detail}"
+
+    calibrated = f"calibrated on {shortened} prompts, for time" if shortened else "full calibration"
+    inside.run_check(f"Automatic (sens. 0.9; {calibrated})", automatic)
     return 0
 
 
