@@ -41,8 +41,8 @@ from beside_common import (  # noqa: E402
     place_peers,
     refiner_rows,
     remove_peers,
+    run_and_clean_up,
     run_from_command_line,
-    run_rows,
     settings_file,
     styles_file,
 )
@@ -184,31 +184,8 @@ def check(args) -> list[Row]:
         FLOWCORE_CACHE=str(out / "flowcore-cache-host"),
     )
     client = Client(webui, spec, probe_out)
-    try:
-        rows = run_rows(Host(host, client, peers, args.groups, controlnet_unit))
-    finally:
-        peak = webui.server.peak_mb()
-        webui.server.stop()
-        spec.unlink(missing_ok=True)
-        remove_peers(host_dir / "extensions", list(PEER_FOLDERS.values()))
-        remove_copies(host_dir)
-        (host_dir / "models" / "adetailer" / AD_MODEL).unlink(missing_ok=True)
-    text = webui.server.log.read_text(encoding="utf-8", errors="replace")
-    errors = [
-        line for line in text.splitlines() if "Error loading script" in line or "Error running install.py" in line
-    ]
-    rows.append(
-        Row(
-            host,
-            "sd15",
-            "all",
-            "server log: every extension loaded, no traceback",
-            "Traceback" not in text and not errors,
-            None,
-            peak,
-            None,
-            f"{text.count('Traceback')} tracebacks, script/install errors {errors[:3]} in {webui.server.log.name}",
-        )
+    rows = run_and_clean_up(
+        Host(host, client, peers, args.groups, controlnet_unit), host_dir, list(PEER_FOLDERS.values())
     )
 
     def start(checkpoint: Path, name: str, **env: str) -> BesideWebUI:  # the refiner row's server: no peers

@@ -806,6 +806,28 @@ def run_rows(host: Host) -> list[Row]:
     return rows
 
 
+def run_and_clean_up(host: Host, host_dir: Path, peer_folders: list[str]) -> list[Row]:
+    """`run_rows` on the host's started server; then stops it, removes what the run placed (the peers, this
+    checkout's and the probe's copies, the random detector's link) and adds the server-log row."""
+    webui = host.client.webui
+    try:
+        rows = run_rows(host)
+    finally:
+        peak = webui.server.peak_mb()
+        webui.server.stop()
+        host.client.spec.unlink(missing_ok=True)
+        remove_peers(host_dir / "extensions", peer_folders)
+        remove_copies(host_dir)
+        (host_dir / "models" / "adetailer" / AD_MODEL).unlink(missing_ok=True)
+    text = webui.server.log.read_text(encoding="utf-8", errors="replace")
+    errors = [line for line in text.splitlines() if "Error loading script" in line or "Error running" in line]
+    detail = f"{text.count('Traceback')} tracebacks ({error_lines(text) or 'none'}), script or install errors "
+    detail += f"{errors[:3]} in {webui.server.log.name}"
+    ok = "Traceback" not in text and not errors
+    check_name = "server log: every extension loaded, no traceback"
+    return [*rows, Row(host.name, "sd15", "all", check_name, ok, None, peak, None, detail)]
+
+
 def refiner_row(
     host: str, host_dir: Path, sdxl: Path, source: Path, peers: list[str], start: Callable[..., WebUI]
 ) -> Row:

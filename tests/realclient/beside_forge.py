@@ -35,14 +35,13 @@ from beside_common import (  # noqa: E402
     Client,
     Host,
     command_line,
-    error_lines,
     install_ours,
     output_folder,
     place_peers,
     refiner_rows,
     remove_peers,
+    run_and_clean_up,
     run_from_command_line,
-    run_rows,
     settings_file,
     styles_file,
 )
@@ -156,25 +155,11 @@ def check(args) -> list[Row]:
         **env,
     )
     client = Client(webui, spec, probe_out)
-    try:
-        # Forge's API takes its own `hr_additional_modules` as None, and its hires pass then fails (`'Use same
-        # choices' not in None`): the hires rows send the value its UI sends
-        hires_fields = {"hr_additional_modules": ["Use same choices"]}
-        rows = run_rows(Host(host, client, peers, args.groups, controlnet_unit(webui.url), hires_fields))
-    finally:
-        peak = webui.server.peak_mb()
-        webui.server.stop()
-        spec.unlink(missing_ok=True)
-        remove_peers(extensions, list(PEER_FOLDERS.values()))
-        remove_copies(host_dir)
-        (host_dir / "models" / "adetailer" / AD_MODEL).unlink(missing_ok=True)
-    text = webui.server.log.read_text(encoding="utf-8", errors="replace")
-    errors = [line for line in text.splitlines() if "Error loading script" in line or "Error running" in line]
-    detail = f"{text.count('Traceback')} tracebacks ({error_lines(text) or 'none'}), script errors {errors[:3]}"
-    ok = "Traceback" not in text and not errors
-    rows.append(
-        Row(host, "sd15", "all", "server log: every extension loaded, no traceback", ok, None, peak, None, detail)
-    )
+    # Forge's API takes its own `hr_additional_modules` as None, and its hires pass then fails (`'Use same choices'
+    # not in None`): the hires rows send the value its UI sends
+    hires_fields = {"hr_additional_modules": ["Use same choices"]}
+    host_rows = Host(host, client, peers, args.groups, controlnet_unit(webui.url), hires_fields)
+    rows = run_and_clean_up(host_rows, host_dir, list(PEER_FOLDERS.values()))
     # the refiner row's server: no peers, no additional modules (Forge would load the last family's VAE and text
     # encoders beside SDXL), no live previews
     refiner_flags = ["--skip-install", "--ui-settings-file", str(settings_file(config, None, out))]
