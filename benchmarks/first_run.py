@@ -1,6 +1,6 @@
 """How much longer the first `flowcore analyze` with a model takes than the next one: the calibration.
 
-The first automatic detection with a text encoder calibrates it (`flowcore.calibration`, once per encoder) and
+The first automatic detection with a text encoder calibrates it (`flowcore.detection.calibration`, once per encoder) and
 caches that on disk; later runs read it. This times the real command, as a user runs it, both ways:
 
     flowcore analyze "a crosswalk next to a bus station with a standing zebra" --model <SD 1.5 single file>

@@ -1,7 +1,7 @@
 """Does reading the flow between items catch leaks better than today's pull? (issue 20)
 
 For an item I and each item J that could have pulled it (`FlowPatcher`'s candidates), the flow from J into I
-is taken by occlusion, `f = c_I - c_I(without J)`, in the encoder's calibrated space (`flowcore.calibration`):
+is taken by occlusion, `f = c_I - c_I(without J)`, in the encoder's calibrated space (`flowcore.detection.calibration`):
 - total: J hidden from every token (its input embeddings replaced by the padding token's);
 - direct: J hidden from I's queries only, at every layer (a 4D attention mask); other tokens still see J.
 Each kind gives three scores:
@@ -15,7 +15,7 @@ score's own null: the same scores of the calibration prompts' items (their hubne
 prompt out, as `calibration.fit` does; tags of tag lists against the tags' null), so "flagged" means the same
 share of unrelated items as today's default sensitivity (0.5).
 
-Printed per variant, pooled over the splits' pairs (`flowcore.evaluation`): AUC (a pulling target's score
+Printed per variant, pooled over the splits' pairs (`flowcore.studies.evaluation`): AUC (a pulling target's score
 against a neutral one's), wins, pulling and neutral targets flagged. `--layer mid` reads the middle layer
 (calibrated there, cached under its own key), `--tokens mean` the mean of an item's rows instead of its last.
 The encoders are benchmarks/leakage.py's; `--gguf FILE` scores a causal LLM stored as one GGUF file instead
@@ -40,11 +40,11 @@ import torch
 from leakage import ENCODERS, gguf_encoders
 
 from flowcore import FlowOptions, FlowPatcher, GenericEncoder
-from flowcore.analysis import item_vector, pull_value
-from flowcore.calibration import NEIGHBOURS, calibration_prompts
+from flowcore.detection.calibration import NEIGHBOURS, calibration_prompts
+from flowcore.detection.leakage import item_vector, pull_value
+from flowcore.encoders.layout import PromptLayout
 from flowcore.errors import ModelNotFoundError
-from flowcore.evaluation import SPLITS, PairOutcome, minimal_pairs, summarize, target_entry
-from flowcore.layout import PromptLayout
+from flowcore.studies.evaluation import SPLITS, PairOutcome, minimal_pairs, summarize, target_entry
 
 ENCODER_CHOICES = {"minilm": "MiniLM-L6 (bidirectional)", "smollm2": "SmolLM2-135M (causal)"}
 DEFAULT_SPLITS = "dev,held-out,tags-dev"  # where issue 20's designs were chosen
@@ -172,7 +172,7 @@ def measure(patcher: FlowPatcher, prompt: str, last_token: bool, target: str | N
 
 @dataclass
 class Banks:
-    """The hubness banks (`flowcore.analysis`): the calibration prompts' items that are not tags, calibrated,
+    """The hubness banks (`flowcore.detection.leakage`): the calibration prompts' items that are not tags, calibrated,
     in context `contextual` and alone `isolated` `(items, dim)`, and the prompt each came from `(items,)`."""
 
     contextual: torch.Tensor

@@ -18,9 +18,9 @@ import time
 import torch
 
 from flowcore import FlowOptions
-from flowcore.devices import resolve_device
 from flowcore.errors import FlowcoreError
-from flowcore.pipelines import generate, patcher_for_pipeline
+from flowcore.models.devices import resolve_device
+from flowcore.models.pipelines import generate, patcher_for_pipeline
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra, a red umbrella, a yellow taxi and an old lamp post"
 
@@ -30,7 +30,7 @@ def sd15_size_pipeline(device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from flowcore.model_configs import write_config_folder
+    from flowcore.models.model_configs import write_config_folder
     from flowcore.testing import pipeline_tokenizer
 
     folder = write_config_folder("sd15")

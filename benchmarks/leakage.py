@@ -1,6 +1,6 @@
 """Does leak detection react to meaning, and does its default mean the same on every encoder?
 
-One row per trained encoder that installs offline and split of the minimal pairs (`flowcore.evaluation`: the
+One row per trained encoder that installs offline and split of the minimal pairs (`flowcore.studies.evaluation`: the
 sentence splits dev, held-out, final and final2, and the tag-list splits tags-dev and tags-final):
 - wins: the share of pairs whose pulling prompt gave the target the higher leak score;
 - pulling / neutral flagged: the share of targets the default sensitivity (0.5) patches in each prompt;
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import flowcore
 from flowcore import FlowPatcher
+from flowcore.detection.representative import RepresentativeClassifier, read_labels, token_examples
 from flowcore.errors import ModelNotFoundError
-from flowcore.evaluation import SPLITS, evaluate_pairs, minimal_pairs, summarize
-from flowcore.representative import RepresentativeClassifier, read_labels, token_examples
+from flowcore.studies.evaluation import SPLITS, evaluate_pairs, minimal_pairs, summarize
 from flowcore.testing import causal_gguf_encoder, minilm_encoder, smollm2_encoder
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import flowcore
 from flowcore import FlowOptions, FlowPatcher, segment
-from flowcore.analysis import patch_share
+from flowcore.detection.leakage import patch_share
 from flowcore.errors import ModelNotFoundError
 from flowcore.testing import minilm_encoder, smollm2_encoder
 

@@ -7,7 +7,7 @@ by ComfyUI itself (`clip.tokenize`, `clip.encode_from_tokens_scheduled`), so eve
 1. Lay the prompt out as ComfyUI tokenized it (rows and weights per token).
 2. Take ComfyUI's weighting out: a weighted row is `(z - empty) * weight + empty`, so `z` is recovered from it
    and the empty prompt's rows (rows of weight 0 carry nothing of `z`: they are encoded again).
-3. Patch every part with the core, one decision per item (`flowcore.joint`).
+3. Patch every part with the core, one decision per item (`flowcore.patching.joint`).
 4. Put the weighting back on the patched items' rows as ComfyUI would weigh the item's text encoded alone (its
    empty rows at the item's own positions) and write those rows only: every other row, and the pooled
    output, stay as ComfyUI encoded them.
@@ -26,16 +26,17 @@ from functools import cache
 
 import torch
 
-from flowcore.compat import version_problem
-from flowcore.errors import FlowcoreError
-from flowcore.joint import Part, patch_jointly
-from flowcore.markers import parse_markers
-from flowcore.options import FlowOptions
-from flowcore.patcher import FlowPatcher
-from flowcore.progress import CalibrationLog
-from flowcore.report import FlowReport
+from flowcore.detection.progress import CalibrationLog
+from flowcore.errors import FlowcoreError, MappingError
+from flowcore.hosts.token_placement import PlacedLine
+from flowcore.models.compat import version_problem
+from flowcore.patching.joint import Part, patch_jointly
+from flowcore.patching.options import FlowOptions
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.patching.report import FlowReport
+from flowcore.prompts.markers import parse_markers
 
-from .layout import KeyLayout, MappingError, plain_text
+from .layout import plain_text
 from .llm import system_prompt_prefix
 from .parts import comfy_fragments, parts_for
 
@@ -185,7 +186,7 @@ def _plain(part, marked_text: str) -> str:
     return plain(marked_text) if plain is not None else plain_text(comfy_fragments(marked_text))
 
 
-def _stack_weights(part, laid: KeyLayout, entries: int) -> torch.Tensor:
+def _stack_weights(part, laid: PlacedLine, entries: int) -> torch.Tensor:
     """Per stacked entry, the weight ComfyUI moved it by (`llm.LlamaStackPart.entry_weights`); a weight of 0
     cannot be taken out."""
     weights = part.entry_weights(laid.weights, entries)
@@ -194,7 +195,7 @@ def _stack_weights(part, laid: KeyLayout, entries: int) -> torch.Tensor:
     return weights
 
 
-def _unweighted_stack(part, extras: dict, laid: KeyLayout) -> torch.Tensor:
+def _unweighted_stack(part, extras: dict, laid: PlacedLine) -> torch.Tensor:
     """The stacked layers `(entries, rows, width)` in float32 with ComfyUI's per-entry weighting taken out."""
     stack = extras.get(part.extra_key)
     if stack is None or stack.ndim != 4 or stack.shape[0] != 1 or stack.shape[2] != laid.layout.n_rows:
@@ -208,7 +209,7 @@ def _unweighted_stack(part, extras: dict, laid: KeyLayout) -> torch.Tensor:
     return (raw - empty) / scale + empty
 
 
-def _patched_stack(part, stack: torch.Tensor, laid: KeyLayout, report) -> torch.Tensor:
+def _patched_stack(part, stack: torch.Tensor, laid: PlacedLine, report) -> torch.Tensor:
     """ComfyUI's stack with each patched item's rows, in every entry, replaced by the item alone in every entry
     (weighted as ComfyUI weighted that entry of this prompt)."""
     patched = stack.clone()
@@ -227,7 +228,7 @@ def _patched_stack(part, stack: torch.Tensor, laid: KeyLayout, report) -> torch.
     return patched
 
 
-def _unweighted(part, raw: torch.Tensor, laid: KeyLayout) -> torch.Tensor:
+def _unweighted(part, raw: torch.Tensor, laid: PlacedLine) -> torch.Tensor:
     """The rows without ComfyUI's weighting: `z = (row - empty) / weight + empty` (`(rows, width)`)."""
     weights = laid.weights.to(raw.device)
     if bool((weights == 1).all()):

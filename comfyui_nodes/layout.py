@@ -9,28 +9,23 @@ ComfyUI parses a prompt into weighted pieces (`(word:1.2)`, `\\(` escapes) and t
 a whole, an `embedding:name` on its own. Here the same pieces are tokenized again, with each token's character
 span in the plain text (the prompt without weight syntax, which is what flowcore segments), and matched with
 ComfyUI's chunks group by group (a word id is one piece's tokens): so rows come from ComfyUI itself, and a
-prompt whose tokens cannot be explained raises `MappingError` and is left unpatched.
+prompt whose tokens cannot be explained raises `MappingError` and is left unpatched. The placed line itself
+(`PlacedLine`) and the tokens' spans are `flowcore.hosts.token_placement`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from flowcore.layout import ChunkFormat, PromptLayout, Token, tokenize_with_offsets
+from flowcore.encoders.layout import Token
+from flowcore.errors import MappingError
+from flowcore.hosts.token_placement import PlacedLine, placed_line, shifted
 
 EMBEDDING_IDENTIFIER = "embedding:"
-# CLIP's pre-tokenization (transformers' CLIPTokenizer): BPE runs inside each of these pieces, so tokenizing
-# the pieces one by one gives the ids of the whole text, with spans.
-CLIP_PRETOKEN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-
-
-class MappingError(Exception):
-    """A prompt's tokens could not be matched with ComfyUI's chunks; the prompt is left unpatched."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +36,6 @@ class Fragment:
     text: str
     weight: float
     offset: int
-
-
-@dataclass(frozen=True)
-class KeyLayout:
-    """One encoder key's tokens: the layout of the plain text (tensor tokens get ids -1, -2, ... in order of
-    appearance, their vectors in `vectors`) and each row's weight `(rows,)`."""
-
-    layout: PromptLayout
-    weights: torch.Tensor
-    vectors: tuple[torch.Tensor, ...]
 
 
 def fragments(text: str, parse: Callable[[str], Sequence[tuple[str, float]]]) -> list[Fragment]:
@@ -71,36 +56,6 @@ def plain_text(pieces: Sequence[Fragment]) -> str:
 def escape(text: str) -> str:
     """Plain text as a ComfyUI prompt that parses back to itself (no weights): parentheses escaped."""
     return text.replace("(", "\\(").replace(")", "\\)")
-
-
-def _pretokens(text: str) -> list[tuple[int, int]]:
-    """Spans of CLIP's pre-tokens of `text` (matched case-insensitively on the original text, so the spans
-    stay right where lower-casing changes a length)."""
-    try:
-        import regex
-
-        return [m.span() for m in regex.finditer(CLIP_PRETOKEN, text, flags=regex.IGNORECASE)]
-    except ImportError:  # pragma: no cover - transformers depends on regex
-        return [m.span() for m in re.finditer(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", text, re.I)]
-
-
-def token_spans(tokenizer, text: str) -> list[Token]:
-    """`text`'s tokens without special tokens, each with its character span: a fast tokenizer's offsets, or
-    (ComfyUI's slow CLIPTokenizer) CLIP's pre-tokens one by one, checked against the whole text's ids."""
-    if getattr(tokenizer, "is_fast", False):
-        return tokenize_with_offsets(tokenizer, text)
-    whole = _ids(tokenizer, text)
-    tokens = []
-    for start, end in _pretokens(text):
-        tokens += [Token(i, start, end) for i in _ids(tokenizer, text[start:end])]
-    if [t.id for t in tokens] != whole:
-        raise MappingError(f"cannot find the tokens of {text!r} one by one")
-    return tokens
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return list(ids)
 
 
 @dataclass
@@ -155,9 +110,10 @@ def key_layout(
     chunks: Sequence[Sequence[tuple]],
     tokens_of: Callable[[str], list[Token]],
     leading: int,
-) -> KeyLayout:
+) -> PlacedLine:
     """Match the prompt's pieces with one key's chunks (see the module docstring). `leading` is 1 where the
-    chunks start with a start token (CLIP), 0 otherwise (T5)."""
+    chunks start with a start token (CLIP), 0 otherwise (T5). Tensor tokens get ids -1, -2, ... in order of
+    appearance, their vectors in the placed line's `vectors`."""
     groups = _groups(chunks)
     plain = plain_text(fragments_)
     placed: dict[tuple[int, int], Token] = {}
@@ -186,9 +142,9 @@ def key_layout(
 
     for fragment in fragments_:
         for text, offset in _pieces(fragment):
-            shifted = [Token(t.id, t.start + offset, t.end + offset) for t in tokens_of(text)] if text else []
+            piece_tokens = shifted(tokens_of(text), offset) if text else []
             if not text.startswith(EMBEDDING_IDENTIFIER):
-                if not take(shifted, fragment.weight):
+                if not take(piece_tokens, fragment.weight):
                     raise MappingError(f"the tokens of {text!r} are not where ComfyUI put them")
                 continue
             # `embedding:name rest`: the name's vectors where ComfyUI found the embedding (it retries the name
@@ -202,9 +158,9 @@ def key_layout(
             if found:
                 group = groups[index]
                 index += 1
-            elif take(shifted, fragment.weight):  # no embedding folder: the piece is plain text
+            elif take(piece_tokens, fragment.weight):  # no embedding folder: the piece is plain text
                 continue
-            rest = next((r for r in rests if take(_shift(tokens_of(text[r:]), offset + r), fragment.weight)), None)
+            rest = next((r for r in rests if take(shifted(tokens_of(text[r:]), offset + r), fragment.weight)), None)
             if rest is None:
                 raise MappingError(f"the tokens of {text!r} are not where ComfyUI put them")
             if found:
@@ -217,11 +173,7 @@ def key_layout(
     return _layout(fragments_, chunks, placed, leading, vectors)
 
 
-def _shift(tokens: list[Token], offset: int) -> list[Token]:
-    return [Token(t.id, t.start + offset, t.end + offset) for t in tokens]
-
-
-def _layout(fragments_, chunks, placed, leading, vectors) -> KeyLayout:
+def _layout(fragments_, chunks, placed, leading, vectors) -> PlacedLine:
     rows = len(chunks[0]) if chunks else 0
     if any(len(chunk) != rows for chunk in chunks):
         raise MappingError("chunks of different lengths")
@@ -232,20 +184,5 @@ def _layout(fragments_, chunks, placed, leading, vectors) -> KeyLayout:
         if positions != list(range(leading, leading + len(positions))):
             raise MappingError(f"chunk {c}: the prompt's tokens are not in one run after the start token")
         laid.append(tuple(tokens))
-    weights = torch.tensor([float(entry[1]) for chunk in chunks for entry in chunk], dtype=torch.float32)
-    try:
-        chunk_format = ChunkFormat(tokens=max(1, rows - leading - 1), leading=leading, rows=rows, comma_backtrack=0)
-    except ValueError as error:
-        raise MappingError(str(error)) from error
-    layout = PromptLayout(text=plain_text(fragments_), chunks=tuple(laid), format=chunk_format)
-    return KeyLayout(layout, weights, tuple(vectors))
-
-
-def vector_key(vectors: Sequence[torch.Tensor]) -> str:
-    """A content key for an embedding's vectors (one per encoder): the same vectors get the same token id."""
-    digest = hashlib.sha1()
-    for vector in vectors:
-        data = vector.detach().float().cpu().contiguous()
-        digest.update(str(tuple(data.shape)).encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()
+    weights = [float(entry[1]) for chunk in chunks for entry in chunk]
+    return placed_line(plain_text(fragments_), laid, rows, leading, weights, vectors)

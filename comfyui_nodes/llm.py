@@ -34,11 +34,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.encoders.layout import PromptLayout, Token
 from flowcore.encoders.templated import PromptTemplate, prompt_tokens
-from flowcore.errors import OptionsError
-from flowcore.layout import PromptLayout, Token
+from flowcore.errors import MappingError, OptionsError
+from flowcore.hosts.token_placement import PlacedLine, token_spans
 
-from .layout import Fragment, KeyLayout, MappingError, fragments, key_layout, plain_text
+from .layout import Fragment, fragments, key_layout, plain_text
 
 PACKED_TOKENS = 512  # item tokens per packed forward call (the template comes on top)
 STACK_CACHE_SIZE = 64  # items alone in every layer kept (HiDream: 32 x tokens x 4096 floats each)
@@ -134,14 +135,14 @@ class LlmPart:
         weighted: bool = True,
         template_in_tokenizer: bool = False,
     ):
-        from .parts import EmbeddingTable
+        from .parts import VectorTable
 
         self.clip, self.key, self.model, self.name = clip, key, model, name
         self.keys, self.models = [key], [model]
         self.before, self.after = before, after
         self.drop_prefix, self.weighted = drop_prefix, weighted
         self.template_in_tokenizer = template_in_tokenizer
-        self.table = EmbeddingTable()
+        self.table = VectorTable()
         self.leading = 1 if model.special_tokens.get("start") is not None else 0
         self.columns = [slice(0, self.width)]
         self._empty_rows: dict[int, torch.Tensor] = {}
@@ -169,16 +170,14 @@ class LlmPart:
         return comfy_fragments(text) if self.weighted else fragments(text, lambda t: [(_unescaped(t), 1.0)])
 
     def tokens_of(self, key: str) -> Callable:
-        from .parts import _key_tokenizer
+        from .parts import key_tokenizer
 
-        tokenizer = _key_tokenizer(self.clip.tokenizer, key).tokenizer
+        tokenizer = key_tokenizer(self.clip.tokenizer, key).tokenizer
         if getattr(tokenizer, "is_fast", False):
-            from .layout import token_spans
-
             return lambda text: token_spans(tokenizer, text)
         return lambda text: piece_spans(tokenizer, text)
 
-    def _full_layout(self, line: str, chunks) -> tuple[KeyLayout, list[Token], int, int]:
+    def _full_layout(self, line: str, chunks) -> tuple[PlacedLine, list[Token], int, int]:
         """`before + line + after` laid out as ComfyUI tokenized it; the prompt's tokens (spans in `line`'s plain
         text), the rows before the prompt's first token, and the rows up to the end of the template after it."""
         if not self.weighted and line.startswith(SKIP_TEMPLATE):
@@ -196,7 +195,7 @@ class LlmPart:
             raise MappingError(str(error)) from error
         return laid, mine, self.leading + before, self.leading + before + len(mine) + after
 
-    def line_layout(self, line: str, tokens: dict) -> KeyLayout:
+    def line_layout(self, line: str, tokens: dict) -> PlacedLine:
         """`line` (a prompt, markers removed) laid out in the conditioning's rows, from ComfyUI's tokens of
         `tokenizer_text(line)` (`clip.tokenize(..., return_word_ids=True)`)."""
         chunks = tokens[self.key]
@@ -214,7 +213,7 @@ class LlmPart:
             raise MappingError("the template after the prompt is tokenized differently around this prompt")
         vectors = [t for t in ids if torch.is_tensor(t)]
         if vectors:
-            known = {-(k + 1): self.table.id_of([vector]) for k, vector in enumerate(laid.vectors)}
+            known = {-(k + 1): self.table.vectors_id([vector]) for k, vector in enumerate(laid.vectors)}
             mine = [t if t.id >= 0 else Token(known[t.id], t.start, t.end) for t in mine]
         try:
             chunk_format = template.chunk_format(len(mine), padding=len(chunks[0]) - template_end)
@@ -223,7 +222,7 @@ class LlmPart:
             raise MappingError(str(error)) from error
         if chunk_format.rows != len(chunks[0]) - dropped:
             raise MappingError("the prompt's rows do not add up")
-        return KeyLayout(prompt, laid.weights[dropped:], laid.vectors)
+        return PlacedLine(prompt, laid.weights[dropped:], laid.vectors)
 
     def reference_template(self) -> PromptTemplate:
         """The template around a one-word prompt: what every prompt's template must be (items alone are encoded
@@ -363,9 +362,9 @@ class LlmPart:
         ComfyUI's weighting sees it) and the item's rows in it."""
         template = self.reference_template()
         tokenizer = self.clip.tokenizer
-        from .parts import _key_tokenizer
+        from .parts import key_tokenizer
 
-        minimum = getattr(_key_tokenizer(tokenizer, self.key), "min_length", None) or 0
+        minimum = getattr(key_tokenizer(tokenizer, self.key), "min_length", None) or 0
         length = max(len(template.prefix) + count + len(template.suffix), minimum)
         return length, list(range(len(template.prefix), len(template.prefix) + count))
 
@@ -464,11 +463,11 @@ def parts_for(clip, prefix: str = "") -> list | None:
         return None
     model = clip.cond_stage_model
     if isinstance(model, hidream.HiDreamTEModel):
-        from .parts import FirstChunkT5Part, _is_t5
+        from .parts import FirstChunkT5Part, is_t5
 
         found: list = []
         if model.t5xxl is not None:
-            if not _is_t5(model.t5xxl):
+            if not is_t5(model.t5xxl):
                 raise MappingError("a HiDream text encoder whose T5 is not ComfyUI's T5")
             found.append(FirstChunkT5Part(clip, "t5xxl", model.t5xxl))
         if model.llama is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flowcore.options import FlowOptions
+from flowcore.patching.options import FlowOptions
 
 from . import conditioning, report
 

@@ -25,17 +25,23 @@ ComfyUI weighs a token by moving its row toward the empty prompt's row at the sa
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
-from flowcore.encoders.clip import Tower, TowerEncoder
-from flowcore.layout import PromptLayout, Token
+from flowcore.encoders.base import weights_fingerprint
+from flowcore.encoders.clip import Tower
+from flowcore.encoders.layout import PromptLayout, Token
+from flowcore.errors import MappingError
+from flowcore.hosts.embeddings import EmbeddingTable, with_vectors
+from flowcore.hosts.parts import HostClipPart, HostT5Part
+from flowcore.hosts.token_placement import PlacedLine, token_spans
 
 from . import llm
-from .layout import Fragment, KeyLayout, MappingError, escape, fragments, key_layout, token_spans, vector_key
+from .layout import Fragment, escape, fragments, key_layout
 
 SD3_CLIP_L_WIDTH = 768  # where ComfyUI puts CLIP-G's rows in an SD 3 conditioning without CLIP-L
 
@@ -51,23 +57,28 @@ def comfy_fragments(text: str) -> list[Fragment]:
     return fragments(text, parse)
 
 
-class EmbeddingTable:
-    """Negative token ids for `embedding:name` vectors, shared by a part's towers: id -(k + 1) is entry k, one
-    vector per tower. The same vectors always get the same id, so the core's caches key on them safely."""
+class VectorTable(EmbeddingTable):
+    """`embedding:name` vectors in an `EmbeddingTable`, shared by a part's towers: an entry holds one vector per
+    tower, keyed by their content. The same vectors always get the same id, so the core's caches key on them
+    safely."""
 
-    def __init__(self) -> None:
-        self.vectors: list[tuple[torch.Tensor, ...]] = []
-        self._ids: dict[str, int] = {}
-
-    def id_of(self, vectors: Sequence[torch.Tensor]) -> int:
-        key = vector_key(vectors)
-        if key not in self._ids:
-            self.vectors.append(tuple(v.detach() for v in vectors))
-            self._ids[key] = -len(self.vectors)
-        return self._ids[key]
+    def vectors_id(self, vectors: Sequence[torch.Tensor]) -> int:
+        """The negative id of an embedding's vectors (one per tower)."""
+        return self.id_of(vector_key(vectors), tuple(v.detach() for v in vectors))
 
     def vector(self, token_id: int, tower: int) -> torch.Tensor:
-        return self.vectors[-token_id - 1][tower]
+        """Tower `tower`'s vector behind a negative id."""
+        return self.entry(token_id)[tower]
+
+
+def vector_key(vectors: Sequence[torch.Tensor]) -> str:
+    """A content key for an embedding's vectors (one per encoder): the same vectors get the same token id."""
+    digest = hashlib.sha1()
+    for vector in vectors:
+        data = vector.detach().float().cpu().contiguous()
+        digest.update(str(tuple(data.shape)).encode())
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _layer_of(model) -> tuple[int, bool]:
@@ -87,7 +98,7 @@ class ComfyClipTower(Tower):
     As ComfyUI does: token embeddings and position embeddings in float32 (its `out_dtype`), layers run with
     the attention function ComfyUI picks for its CLIP, and the layer its options say."""
 
-    def __init__(self, model, table: EmbeddingTable, index: int):
+    def __init__(self, model, table: VectorTable, index: int):
         text = model.transformer.text_model
         special = model.special_tokens
         layer, final_norm = _layer_of(model)
@@ -114,13 +125,7 @@ class ComfyClipTower(Tower):
 
     def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         embedded = self.text.embeddings.token_embedding(input_ids.clamp(min=0), out_dtype=torch.float32)
-        negative = (input_ids[0] < 0).nonzero().flatten().tolist()
-        if negative:
-            embedded = embedded.clone()
-            for position in negative:
-                vector = self.table.vector(int(input_ids[0, position]), self.index)
-                embedded[0, position] = vector.reshape(-1).to(device=embedded.device, dtype=torch.float32)
-        return embedded.float()
+        return with_vectors(embedded, input_ids, lambda token_id: self.table.vector(token_id, self.index)).float()
 
     def position_embeddings(self, position_ids: torch.Tensor) -> torch.Tensor:
         weight = self.text.embeddings.position_embedding.weight  # ComfyUI adds the table itself, cast
@@ -141,27 +146,29 @@ class ComfyClipTower(Tower):
 
 
 class _ComfyPart:
-    """What the CLIP and T5 parts share: the ComfyUI `clip`, the keys of its tokenizer output they read, a
+    """What ComfyUI's CLIP and T5 parts share: the ComfyUI `clip`, the keys of its tokenizer output they read, a
     context that loads the models, and the empty prompt's rows per length (ComfyUI's weighting)."""
 
-    name = "part"
     leading = 1
 
-    def __init__(self, clip, keys: Sequence[str], models: Sequence, table: EmbeddingTable):
+    def __init__(self, clip, keys: Sequence[str], models: Sequence, table: VectorTable):
         self.clip = clip
         self.keys = list(keys)
         self.models = list(models)
         self.table = table
         self._empty_rows: dict[int, torch.Tensor] = {}
 
-    def context(self):
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Every encode runs with the text encoders loaded as ComfyUI loads them (device, a LoRA's patches)."""
         self.clip.load_model()
+        yield
 
     def tokens_of(self, key: str) -> Callable:
-        tokenizer = _key_tokenizer(self.clip.tokenizer, key).tokenizer
+        tokenizer = key_tokenizer(self.clip.tokenizer, key).tokenizer
         return lambda text: token_spans(tokenizer, text)
 
-    def line_layout(self, line: str, tokens: dict) -> KeyLayout:
+    def line_layout(self, line: str, tokens: dict) -> PlacedLine:
         """`line` (a ComfyUI prompt, weights allowed, markers removed) laid out as ComfyUI tokenized it
         (`tokens`: `clip.tokenize(line, return_word_ids=True)`), one layout for all of this part's keys."""
         pieces = comfy_fragments(line)
@@ -178,12 +185,12 @@ class _ComfyPart:
                 raise MappingError(f"the encoders {self.keys} tokenize the prompt differently")
         if not first.vectors:
             return first
-        ids = {-(k + 1): self.table.id_of([one.vectors[k] for one in laid]) for k in range(len(first.vectors))}
+        ids = {-(k + 1): self.table.vectors_id([one.vectors[k] for one in laid]) for k in range(len(first.vectors))}
         chunks = tuple(
             tuple(t if t.id >= 0 else Token(ids[t.id], t.start, t.end) for t in c) for c in first.layout.chunks
         )
         layout = PromptLayout(first.layout.text, chunks, first.layout.format)
-        return KeyLayout(layout, first.weights, first.vectors)
+        return PlacedLine(layout, first.weights, first.vectors)
 
     def layout(self, text: str) -> PromptLayout:
         """Plain text (no weight syntax) laid out as ComfyUI lays it out."""
@@ -194,9 +201,8 @@ class _ComfyPart:
         """The rows ComfyUI moves weighted tokens toward: the empty prompt of `length` tokens through each
         model's own call, side by side `(length, width)`."""
         if length not in self._empty_rows:
-            self.context()
             rows = []
-            with torch.no_grad():
+            with self.context(), torch.no_grad():
                 for model in self.models:
                     if hasattr(model, "gen_empty_tokens"):
                         tokens = model.gen_empty_tokens(model.special_tokens, length)
@@ -216,63 +222,44 @@ def _empty_tokens(special: dict, length: int) -> list[int]:
     return tokens + [special["pad"]] * (length - len(tokens))
 
 
-class ClipPart(_ComfyPart, TowerEncoder):
+class ClipPart(_ComfyPart, HostClipPart):
     """ComfyUI's CLIP encoder(s) of one conditioning as a `flowcore.encoders.TextEncoder`; `columns` says where
     each tower's rows sit in the conditioning's width (SD 3.5 zero-pads L/G to T5's width)."""
 
-    name = "CLIP"
     leading = 1
+    rederive_note = "re-deriving the end-token/padding rows is not available in ComfyUI"
 
     def __init__(self, clip, keys, models, columns: Sequence[slice]):
-        table = EmbeddingTable()
+        table = VectorTable()
         _ComfyPart.__init__(self, clip, keys, models, table)
         self.towers = [ComfyClipTower(model, table, index) for index, model in enumerate(models)]
         self.columns = list(columns)
-        self._empty: Encoding | None = None
 
     def identity(self) -> str:
         settings = self.settings() + [(tower.layer, tower.final_norm) for tower in self.towers]
         return weights_fingerprint(*(tower.model for tower in self.towers), settings=settings)
 
     @property
-    def width(self) -> int:
-        return sum(tower.width for tower in self.towers)
-
-    @property
     def device(self) -> torch.device:
         return self.towers[0].device
-
-    def encode_many(self, layout, requests=(), replaced=()):
-        self.context()
-        return super().encode_many(layout, requests, replaced)
-
-    def empty(self) -> Encoding:
-        if self._empty is None:
-            self._empty = super().empty()
-        return self._empty
-
-    def rederive(self, layout: PromptLayout, replaced) -> Encoding:
-        raise NotImplementedError("re-deriving the end-token/padding rows is not available in ComfyUI")
 
     def alone_positions(self, count: int) -> tuple[int, list[int]]:
         """An item of `count` tokens encoded alone: its chunk length and its rows in that chunk."""
         return 77 if count <= 75 else count + 2, list(range(1, count + 1))
 
 
-class T5Part(_ComfyPart):
+class T5Part(_ComfyPart, HostT5Part):
     """ComfyUI's T5-XXL (SD 3.5, Flux, Chroma) as a `flowcore.encoders.TextEncoder`: items alone are encoded as
-    ComfyUI encodes a prompt of the item's tokens (end token, then padding to the tokenizer's minimum length)."""
+    ComfyUI encodes a prompt of the item's tokens (end token, then padding to the tokenizer's minimum length),
+    through the model's own call."""
 
-    name = "T5"
     leading = 0
-    causal = False
-    supports_positions = False
 
     def __init__(self, clip, key: str, model):
-        super().__init__(clip, [key], [model], EmbeddingTable())
+        super().__init__(clip, [key], [model], VectorTable())
         self.model = model
+        self.end_id, self.pad_id = model.special_tokens["end"], model.special_tokens["pad"]
         self.columns = [slice(0, _width(model))]
-        self._empty: Encoding | None = None
 
     def identity(self) -> str:
         settings = self.settings() + [(self.model.layer, self.model.layer_idx, self._lengths())]
@@ -288,7 +275,7 @@ class T5Part(_ComfyPart):
 
     def _lengths(self) -> tuple:
         """The tokenizer's padding rules for this key: minimum length, minimum padding, maximum length."""
-        tokenizer = _key_tokenizer(self.clip.tokenizer, self.keys[0])
+        tokenizer = key_tokenizer(self.clip.tokenizer, self.keys[0])
         options = getattr(self.clip, "tokenizer_options", {}) or {}
         key = getattr(tokenizer, "embedding_key", "t5xxl")
         min_length = options.get(f"{key}_min_length", getattr(tokenizer, "min_length", None))
@@ -303,46 +290,15 @@ class T5Part(_ComfyPart):
         length = max(length, max_length or 0, min_length or 0)
         return length, list(range(count))
 
-    def _sequence(self, ids: Sequence[int], length: int) -> list:
-        special = self.model.special_tokens
-        tokens = [int(i) if i >= 0 else self.table.vector(int(i), 0) for i in ids] + [special["end"]]
-        return tokens + [special["pad"]] * (length - len(tokens))
+    def token(self, token_id: int) -> object:
+        """A token id, or for a negative id the `embedding:name` vector it stands for."""
+        return token_id if token_id >= 0 else self.table.vector(token_id, 0)
 
-    def _run(self, sequences: Sequence[list]) -> torch.Tensor:
-        """`(batch, length, width)` through ComfyUI's own model call (sequences of one length)."""
-        self.context()
-        with torch.no_grad():
-            return self.model.encode(list(sequences))[0].float()
-
-    def encode(self, layout: PromptLayout) -> Encoding:
-        rows = layout.format.rows
-        encoded = self._run([self._sequence([t.id for t in chunk], rows) for chunk in layout.chunks])
-        return Encoding(encoded.reshape(-1, encoded.shape[-1]))
-
-    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
-        by_length: dict[int, list[int]] = {}
-        for index, request in enumerate(requests):
-            by_length.setdefault(self.alone_positions(len(request.token_ids))[0], []).append(index)
-        found: dict[int, IsolatedItem] = {}
-        for length, indices in by_length.items():
-            encoded = self._run([self._sequence(requests[i].token_ids, length) for i in indices])
-            for row, index in enumerate(indices):
-                request = requests[index]
-                found[index] = IsolatedItem(
-                    request.text, list(request.token_ids), encoded[row, : len(request.token_ids)]
-                )
-        return [found[index] for index in range(len(requests))]
-
-    def empty(self) -> Encoding:
-        if self._empty is None:
-            self._empty = self.encode(self.layout(""))
-        return self._empty
-
-    def rederive(self, layout: PromptLayout, replaced) -> Encoding:
-        raise NotImplementedError("T5 is bidirectional: its end-token and padding rows are left as encoded")
+    def encode_sequences(self, sequences: Sequence[list]) -> torch.Tensor:
+        return self.model.encode(list(sequences))[0]
 
 
-def _key_tokenizer(tokenizer, key: str):
+def key_tokenizer(tokenizer, key: str):
     """The `SDTokenizer` behind a key of a ComfyUI tokenizer ("l" -> `clip_l`, "t5xxl" -> `t5xxl`)."""
     for name in (f"clip_{key}", key):
         found = getattr(tokenizer, name, None)
@@ -360,7 +316,7 @@ def _is_clip(model) -> bool:
     return model is not None and isinstance(getattr(model, "transformer", None), clip_model.CLIPTextModel)
 
 
-def _is_t5(model) -> bool:
+def is_t5(model) -> bool:
     from comfy.text_encoders import t5
 
     return model is not None and isinstance(getattr(model, "transformer", None), t5.T5)
@@ -400,12 +356,12 @@ def parts_for(clip, prefix: str = "") -> list:
                 )
             parts.append(ClipPart(clip, keys, models, columns))
         if model.t5xxl is not None:
-            if not _is_t5(model.t5xxl):
+            if not is_t5(model.t5xxl):
                 raise MappingError("an SD 3 text encoder whose T5 is not ComfyUI's T5")
             parts.append(T5Part(clip, "t5xxl", model.t5xxl))
         return parts
     if isinstance(model, flux.FluxClipModel):
-        if not _is_t5(model.t5xxl):
+        if not is_t5(model.t5xxl):
             raise MappingError("a Flux text encoder whose T5 is not ComfyUI's T5")
         return [T5Part(clip, "t5xxl", model.t5xxl)]
     if isinstance(model, sdxl_clip.SDXLClipModel):
@@ -418,7 +374,7 @@ def parts_for(clip, prefix: str = "") -> list:
         inner = getattr(model, model.clip, None)
         if _is_clip(inner):
             return [ClipPart(clip, [model.clip_name], [inner], [slice(0, _width(inner))])]
-        if _is_t5(inner):  # PixArt / Chroma (`pixart_t5.PixArtT5XXL`): T5-XXL alone, no pooled vector
+        if is_t5(inner):  # PixArt / Chroma (`pixart_t5.PixArtT5XXL`): T5-XXL alone, no pooled vector
             return [T5Part(clip, model.clip_name, inner)]
     raise MappingError(f"the text encoder {type(model).__name__} is not one Follow the Flow knows")
 
@@ -428,10 +384,10 @@ class FirstChunkT5Part(T5Part):
     token); items after it have no rows there (the report says so), an item across its end keeps its first
     tokens."""
 
-    def line_layout(self, line: str, tokens: dict) -> KeyLayout:
+    def line_layout(self, line: str, tokens: dict) -> PlacedLine:
         key = self.keys[0]
         options = getattr(self.clip, "tokenizer_options", {}) or {}
-        whole = _key_tokenizer(self.clip.tokenizer, key).tokenize_with_weights(
+        whole = key_tokenizer(self.clip.tokenizer, key).tokenize_with_weights(
             line, True, **({"tokenizer_options": options} if options else {})
         )
         if not whole or [entry[:2] for entry in whole[0]] != [entry[:2] for entry in tokens[key][0]]:
@@ -439,4 +395,4 @@ class FirstChunkT5Part(T5Part):
         laid = super().line_layout(line, {key: whole})
         rows = laid.layout.format.rows
         first = PromptLayout(laid.layout.text, laid.layout.chunks[:1], laid.layout.format)
-        return KeyLayout(first, laid.weights[:rows], laid.vectors)
+        return PlacedLine(first, laid.weights[:rows], laid.vectors)

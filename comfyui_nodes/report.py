@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from flowcore.report import FlowReport
+from flowcore.patching.report import FlowReport
 
 from .conditioning import Outcome
 

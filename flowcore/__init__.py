@@ -29,20 +29,26 @@ _LAZY = {
     "ClipEncoder": "flowcore.encoders",
     "GenericEncoder": "flowcore.encoders",
     "SdxlEncoder": "flowcore.encoders",
-    "LexicalItem": "flowcore.items",
-    "PromptLayout": "flowcore.layout",
-    "Token": "flowcore.layout",
-    "FlowOptions": "flowcore.options",
-    "FlowPatcher": "flowcore.patcher",
-    "FlowReport": "flowcore.report",
-    "FlowResult": "flowcore.report",
-    "ItemReport": "flowcore.report",
-    "Pull": "flowcore.report",
-    "load_nlp": "flowcore.segmentation",
-    "segment": "flowcore.segmentation",
-    "parse_prompt": "flowcore.prompt_syntax",
+    "LexicalItem": "flowcore.prompts.items",
+    "PromptLayout": "flowcore.encoders.layout",
+    "Token": "flowcore.encoders.layout",
+    "FlowOptions": "flowcore.patching.options",
+    "FlowPatcher": "flowcore.patching.patcher",
+    "FlowReport": "flowcore.patching.report",
+    "FlowResult": "flowcore.patching.report",
+    "ItemReport": "flowcore.patching.report",
+    "Pull": "flowcore.patching.report",
+    "load_nlp": "flowcore.prompts.segmentation",
+    "segment": "flowcore.prompts.segmentation",
+    "parse_prompt": "flowcore.prompts.prompt_syntax",
 }
-_SUBMODULES = ("encoders", "interventions", "markers", "prompt_syntax")
+# submodule name -> where it lives since the core was split into layers
+_SUBMODULES = {
+    "encoders": "flowcore.encoders",
+    "interventions": "flowcore.patching.interventions",
+    "markers": "flowcore.prompts.markers",
+    "prompt_syntax": "flowcore.prompts.prompt_syntax",
+}
 
 __all__ = [
     "ClipEncoder",
@@ -78,7 +84,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"flowcore.{name}")
+        value = importlib.import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'flowcore' has no attribute {name!r}")
     globals()[name] = value
@@ -90,12 +96,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from flowcore import encoders, interventions, markers, prompt_syntax
+    from flowcore import encoders
     from flowcore.encoders import ClipEncoder, GenericEncoder, SdxlEncoder
-    from flowcore.items import LexicalItem
-    from flowcore.layout import PromptLayout, Token
-    from flowcore.options import FlowOptions
-    from flowcore.patcher import FlowPatcher
-    from flowcore.prompt_syntax import parse_prompt
-    from flowcore.report import FlowReport, FlowResult, ItemReport, Pull
-    from flowcore.segmentation import load_nlp, segment
+    from flowcore.encoders.layout import PromptLayout, Token
+    from flowcore.patching import interventions
+    from flowcore.patching.options import FlowOptions
+    from flowcore.patching.patcher import FlowPatcher
+    from flowcore.patching.report import FlowReport, FlowResult, ItemReport, Pull
+    from flowcore.prompts import markers, prompt_syntax
+    from flowcore.prompts.items import LexicalItem
+    from flowcore.prompts.prompt_syntax import parse_prompt
+    from flowcore.prompts.segmentation import load_nlp, segment

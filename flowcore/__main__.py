@@ -1,7 +1,7 @@
-"""`python -m flowcore ...` runs the `flowcore` command (see `flowcore.cli`)."""
+"""`python -m flowcore ...` runs the `flowcore` command (see `flowcore.frontends.cli`)."""
 
 import sys
 
-from flowcore.cli import main
+from flowcore.frontends.cli import main
 
 sys.exit(main())

@@ -56,7 +56,8 @@ class EncodingMismatchError(FlowcoreError):
 
 
 class MappingError(FlowcoreError):
-    """A host's (the WebUI's) chunks could not be matched with a prompt's tokens; that prompt is left unpatched."""
+    """A host's chunks (A1111's, Forge's, ComfyUI's) could not be matched with a prompt's tokens; that prompt is left
+    unpatched."""
 
 
 class CalibrationError(FlowcoreError):

@@ -13,8 +13,8 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flowcore.clip_tokenizer import BOS_ID, BPE_FILENAME, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer, find_clip_bpe
 from flowcore.errors import ModelNotFoundError
+from flowcore.models.clip_tokenizer import BOS_ID, BPE_FILENAME, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer, find_clip_bpe
 
 if TYPE_CHECKING:
     from flowcore.encoders import GenericEncoder

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 
 from flowcore.encoders.clip import ClipTower, Tower
+from flowcore.errors import MappingError
 
 from .clip_part import ClipPart, TextualInversion
-from .line_layout import MappingError
 
 
 class WebuiClipTower(ClipTower):

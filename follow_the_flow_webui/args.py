@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 
-from flowcore.options import AUTO, EVERY, MARKERS, TAIL_CHOICES, FlowOptions
+from flowcore.patching.options import AUTO, EVERY, MARKERS, TAIL_CHOICES, FlowOptions
 
 logger = logging.getLogger("follow_the_flow")
 

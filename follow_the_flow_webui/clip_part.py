@@ -7,7 +7,7 @@ of one or two encoders side by side (SDXL: CLIP-L then CLIP-G). `ClipPart` is th
 
 - the layout of a line comes from the engine's own `tokenize_line` (`line_layout`);
 - items alone (at any positions), calibration prompts and the empty prompt go through the towers, all items of
-  a prompt packed into one forward call per transformer (`flowcore.encoders.TowerEncoder`);
+  a prompt packed into one forward call per transformer (`flowcore.hosts.parts.HostClipPart`);
 - `row_scale` recovers each row's emphasis factor, so that the glue hands the core emphasis-free rows.
 
 The prompt's own rows are always the host's conditioning itself. Textual-inversion vectors travel as negative
@@ -21,32 +21,29 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from flowcore.encoders.base import Encoding, weights_fingerprint
-from flowcore.encoders.clip import Tower, TowerEncoder
-from flowcore.layout import PromptLayout
+from flowcore.encoders.base import weights_fingerprint
+from flowcore.encoders.clip import Tower
+from flowcore.encoders.layout import PromptLayout
+from flowcore.hosts.embeddings import EmbeddingTable, with_vectors
+from flowcore.hosts.parts import HostClipPart
+from flowcore.hosts.token_placement import PlacedLine, clip_tokens
 
-from .line_layout import LineLayout, clip_tokens, escape, layout_line
+from .line_layout import emphasis_scale, escape, layout_line
 
 
-class TextualInversion:
-    """Negative token ids for the vectors of textual-inversion embeddings, so that a layout's tokens (and the
-    cache keys made of them) say which vector each row takes: id -(k + 1) is entry k of `rows`."""
+class TextualInversion(EmbeddingTable):
+    """The WebUI's textual-inversion vectors in an `EmbeddingTable`: an entry is an embedding and the index of
+    one of its vectors, keyed by the embedding's name and hash."""
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[object, int]] = []  # (embedding, vector index)
-        self._ids: dict[tuple[str, str, int], int] = {}
-
-    def id_of(self, embedding, index: int) -> int:
+    def embedding_id(self, embedding, index: int) -> int:
+        """The negative id of vector `index` of `embedding`."""
         key = (str(getattr(embedding, "name", "")), str(getattr(embedding, "shorthash", id(embedding))), index)
-        if key not in self._ids:
-            self.rows.append((embedding, index))
-            self._ids[key] = -len(self.rows)
-        return self._ids[key]
+        return self.id_of(key, (embedding, index))
 
     def vector(self, token_id: int, key: str) -> torch.Tensor:
         """The vector behind a negative id, for the encoder whose textual-inversion key is `key`
         (SDXL's embeddings hold one tensor per encoder: "clip_l", "clip_g")."""
-        embedding, index = self.rows[-token_id - 1]
+        embedding, index = self.entry(token_id)
         vectors = embedding.vec[key] if isinstance(embedding.vec, dict) else embedding.vec
         return vectors[index]
 
@@ -55,18 +52,12 @@ class TextualInversion:
         puts around it (A1111's `EmbeddingsWithFixes`, Forge's `CLIPEmbeddingForTextualInversion`, both with
         the original table in `wrapped`), with this table's vectors at negative ids."""
         table = getattr(module, "wrapped", module)
-        embedded = table(input_ids.clamp(min=0))
-        negative = (input_ids[0] < 0).nonzero().flatten().tolist()
-        if negative:
-            key = getattr(module, "textual_inversion_key", "clip_l")
-            embedded = embedded.clone()
-            for position in negative:
-                embedded[0, position] = self.vector(int(input_ids[0, position]), key).to(embedded)
-        return embedded
+        key = getattr(module, "textual_inversion_key", "clip_l")
+        return with_vectors(table(input_ids.clamp(min=0)), input_ids, lambda token_id: self.vector(token_id, key))
 
 
-class ClipPart(TowerEncoder):
-    """A host's CLIP encoder(s) as a `flowcore.encoders.TextEncoder` (see the module docstring).
+class ClipPart(HostClipPart):
+    """A WebUI's CLIP encoder(s) as a `flowcore.encoders.TextEncoder` (see the module docstring).
 
     - `engine`: the object with the host's `tokenize_line` and `tokenize` (A1111's hijacked text encoder,
       Forge's `ClassicTextProcessingEngine`); `id_end` and `id_pad` are its end and padding ids.
@@ -75,8 +66,8 @@ class ClipPart(TowerEncoder):
     - `context()`: what every encode runs inside (autocast; Forge also loads the patched weights first).
     """
 
-    name = "CLIP"
     active = True  # its rows are patched (see `t5_part.T5Part.active`)
+    rederive_note = "re-deriving the EOS/padding rows is not available in the WebUI extension yet"
 
     def __init__(
         self,
@@ -93,7 +84,6 @@ class ClipPart(TowerEncoder):
         self.emphasis = emphasis
         self.fragments = fragments
         self.context = context
-        self._empty: Encoding | None = None
 
     def identity(self) -> str:
         """A sampled fingerprint of the transformers' weights (a LoRA merged into them changes it), with the
@@ -102,14 +92,9 @@ class ClipPart(TowerEncoder):
         settings += [(type(tower).__name__, tower.layer, tower.final_norm) for tower in self.towers]
         return weights_fingerprint(*(tower.model for tower in self.towers), settings=settings)
 
-    @property
-    def width(self) -> int:
-        """The width of this part's rows (SDXL: CLIP-L's plus CLIP-G's)."""
-        return sum(tower.width for tower in self.towers)
-
     # --- layout ---
 
-    def line_layout(self, line: str) -> LineLayout:
+    def line_layout(self, line: str) -> PlacedLine:
         """Where each token of `line` (a WebUI prompt line: emphasis allowed, no AND/scheduling) sits."""
         chunks, _ = self.engine.tokenize_line(line)
         return layout_line(
@@ -123,36 +108,21 @@ class ClipPart(TowerEncoder):
 
     def _embedding_tokens(self, embedding, count: int) -> tuple[int, list[int]]:
         used = len(self.engine.tokenize([embedding.name])[0])
-        return used, [self.inversion.id_of(embedding, k) for k in range(count)]
+        return used, [self.inversion.embedding_id(embedding, k) for k in range(count)]
 
     def layout(self, text: str) -> PromptLayout:
         """Plain text (no emphasis syntax) laid out as the host would lay it out."""
         return self.line_layout(text if self.emphasis == "None" else escape(text)).layout
 
-    # --- encodes: `TowerEncoder`'s, inside the host's context ---
-
-    def encode_many(self, layout, requests=(), replaced=()):
-        with self.context():
-            return super().encode_many(layout, requests, replaced)
-
-    def empty(self) -> Encoding:
-        """The clean-pad baseline: the empty prompt through the same layers (computed once per encoder)."""
-        if self._empty is None:
-            self._empty = super().empty()
-        return self._empty
-
-    def rederive(self, layout: PromptLayout, replaced) -> Encoding:
-        raise NotImplementedError("re-deriving the EOS/padding rows is not available in the WebUI extension yet")
-
     # --- emphasis ---
 
-    def row_scale(self, encoding: torch.Tensor, line: LineLayout) -> torch.Tensor:
+    def row_scale(self, encoding: torch.Tensor, line: PlacedLine) -> torch.Tensor:
         """Each row's emphasis factor `(rows, width)`: its token's multiplier times its chunk's rescale.
 
         The rescale ("Original" mode) is one number per chunk and encoder, over the whole batch the host
         encoded at once (other prompts included); the BOS row depends on nothing but the model in a causal
         encoder, so comparing it with the empty prompt's BOS row recovers it."""
-        scale = line.token_scale(self.emphasis, encoding)
+        scale = emphasis_scale(line, self.emphasis, encoding)
         if self.emphasis != "Original":
             return scale
         rows = encoding.shape[0]

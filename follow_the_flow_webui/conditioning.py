@@ -6,7 +6,7 @@
 `(rows, dim)` or a dict (SDXL, SD 3.5, Flux) whose `crossattn` is patched and whose `vector` is left alone.
 The rows of `crossattn` may come from more than one encoder (Forge's SD 3.5: CLIP, then T5): each host module
 (`a1111`, `forge`) says which parts they are, and every part is patched with one decision per item
-(`flowcore.joint`).
+(`flowcore.patching.joint`).
 
 The same cond objects live in the WebUI's class-level cond caches (and are shared between images with
 the same prompt and between `n_iter` batches), so every write is recorded in `PENDING` and undone after
@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowcore.joint import Part, patch_jointly
-from flowcore.markers import parse_markers, strip_markers
-from flowcore.options import FlowOptions
-from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowReport
+from flowcore.errors import MappingError
+from flowcore.patching.joint import Part, patch_jointly
+from flowcore.patching.options import FlowOptions
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.patching.report import FlowReport
+from flowcore.prompts.markers import parse_markers, strip_markers
 
-from .line_layout import MappingError, plain_text
+from .line_layout import plain_text
 
 
 class Restorer:

@@ -24,9 +24,9 @@ import contextlib
 import torch
 
 from flowcore.encoders.clip import ClipTower
+from flowcore.errors import MappingError
 
 from .clip_part import ClipPart, TextualInversion
-from .line_layout import MappingError
 from .t5_part import T5Part
 
 

@@ -3,46 +3,32 @@
 A1111 and Forge lay a prompt line out with their text engine's `tokenize_line`: emphasis syntax removed and
 turned into per-token multipliers, `BREAK` closing a chunk, textual-inversion embeddings placed as vectors.
 This module maps the core's view (the plain text the user wrote, its tokens with character spans) onto those
-chunks, so that the core scores and patches exactly the rows the host encoded. Shared by every host: what
-differs (how the host's parser splits a line, how its tokenizer gives spans, whether chunks start with a
-start token) comes in as arguments.
+chunks (`flowcore.hosts.token_placement` builds the placed line), so that the core scores and patches exactly
+the rows the host encoded. Shared by A1111 and Forge: what differs (how the host's parser splits a line, how
+its tokenizer gives spans, whether chunks start with a start token) comes in as arguments.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from flowcore.layout import ChunkFormat, PromptLayout, Token, tokenize_with_offsets
+from flowcore.encoders.layout import Token
+from flowcore.errors import MappingError
+from flowcore.hosts.token_placement import PlacedLine, placed_line, shifted
 
-# CLIP's own pre-tokenization (open_clip SimpleTokenizer and transformers' CLIPTokenizer): BPE runs inside
-# each of these pieces, so tokenizing the pieces one by one gives the ids of the whole text, with spans.
-CLIP_PRETOKEN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 BREAK_SEPARATOR = " BREAK "  # what a `BREAK` becomes in the plain text the core segments
 
 
-class MappingError(Exception):
-    """A prompt's tokens could not be matched with the host's chunks; that prompt is left unpatched."""
-
-
-@dataclass(frozen=True)
-class LineLayout:
-    """A prompt line as the host encodes it: the core's `PromptLayout` of its plain text (emphasis syntax
-    removed) and each row's emphasis multiplier `(rows,)` (1 at start, end and padding rows)."""
-
-    layout: PromptLayout
-    multipliers: torch.Tensor
-
-    def token_scale(self, emphasis: str, encoding: torch.Tensor) -> torch.Tensor:
-        """Each row's emphasis multiplier spread over `encoding`'s width `(rows, width)`, all ones where the
-        emphasis mode ("Ignore", "None") applies no weights: the factor before any chunk rescale."""
-        rows, width = encoding.shape
-        multipliers = self.multipliers.to(encoding.device)
-        if emphasis in ("Ignore", "None"):
-            multipliers = torch.ones_like(multipliers)
-        return multipliers[:, None].expand(rows, width).clone()
+def emphasis_scale(line: PlacedLine, emphasis: str, encoding: torch.Tensor) -> torch.Tensor:
+    """Each row's emphasis multiplier spread over `encoding`'s width `(rows, width)`, all ones where the
+    emphasis mode ("Ignore", "None") applies no weights: the factor before any chunk rescale."""
+    rows, width = encoding.shape
+    multipliers = line.weights.to(encoding.device)
+    if emphasis in ("Ignore", "None"):
+        multipliers = torch.ones_like(multipliers)
+    return multipliers[:, None].expand(rows, width).clone()
 
 
 def escape(text: str) -> str:
@@ -57,38 +43,6 @@ def plain_text(fragments: Sequence[tuple[str, float]]) -> str:
     return "".join(BREAK_SEPARATOR if w == -1 and t == "BREAK" else t for t, w in fragments)
 
 
-def _pretokens(text: str) -> list[tuple[str, int, int]]:
-    """CLIP's pre-tokens of `text` with their spans in `text` itself. The tokenizer lower-cases each piece;
-    matching the original (case-insensitively) keeps the spans right where lower-casing changes a length
-    ("İ" becomes two characters)."""
-    try:
-        import regex
-
-        return [(m.group(), m.start(), m.end()) for m in regex.finditer(CLIP_PRETOKEN, text, flags=regex.IGNORECASE)]
-    except ImportError:  # pragma: no cover - transformers depends on regex
-        import re
-
-        pattern = r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+"
-        return [(m.group(), m.start(), m.end()) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
-
-
-def clip_tokens(tokenize: Callable[[list[str]], list[list[int]]], text: str) -> list[Token]:
-    """A fragment's CLIP tokens with spans, from the host's own `tokenize` (which may be a slow tokenizer
-    without offsets): each pre-token on its own gives the ids of the whole fragment, one by one."""
-    pretokens = _pretokens(text)
-    if not pretokens:
-        return []
-    ids = tokenize([p for p, _, _ in pretokens])
-    if [i for group in ids for i in group] != list(tokenize([text])[0]):
-        raise MappingError(f"cannot find the tokens of {text!r} one by one")
-    return [Token(i, start, end) for group, (_, start, end) in zip(ids, pretokens) for i in group]
-
-
-def fast_tokens(tokenizer) -> Callable[[str], list[Token]]:
-    """A fragment's tokens with spans from a fast tokenizer's offsets (T5's SentencePiece)."""
-    return lambda text: tokenize_with_offsets(tokenizer, text)
-
-
 def layout_line(
     fragments: Sequence[tuple[str, float]],
     chunks: Sequence,
@@ -96,14 +50,14 @@ def layout_line(
     leading: int,
     filler_ids: set[int],
     embedding_tokens: Callable[[object, int], tuple[int, list[int]]] | None = None,
-) -> LineLayout:
+) -> PlacedLine:
     """Match a line's tokens with the host's chunks (`tokenize_line`'s, with `tokens`, `multipliers` and
     `fixes`): every chunk holds `leading` start-token rows, the line's tokens in order, then only end and
     padding ids (`filler_ids`).
 
     `embedding_tokens(embedding, count)` gives, for a textual-inversion embedding placed in a chunk, how many
     tokens of the text its name spans and the ids its `count` vector rows get (negative ids, see
-    `a1111.TextualInversion`). Raises `MappingError` where the host's chunks hold anything else.
+    `clip_part.TextualInversion`). Raises `MappingError` where the host's chunks hold anything else.
     """
     pieces, plain = [], ""
     for text, weight in fragments:
@@ -112,7 +66,7 @@ def layout_line(
             continue
         pieces.append((text, len(plain)))
         plain += text
-    stream = [Token(t.id, t.start + offset, t.end + offset) for text, offset in pieces for t in tokens_of(text)]
+    stream = [token for text, offset in pieces for token in shifted(tokens_of(text), offset)]
 
     placed: list[tuple[Token, ...]] = []
     multipliers: list[float] = []
@@ -147,7 +101,4 @@ def layout_line(
         multipliers += [float(m) for m in chunk.multipliers]
     if position != len(stream):
         raise MappingError(f"{len(stream) - position} token(s) of the prompt are missing from the chunks")
-    # a line with no token (the empty prompt, when T5 is not padded as in Forge's Chroma) is one end-token row
-    chunk_format = ChunkFormat(tokens=max(1, rows - leading - 1), leading=leading, rows=rows, comma_backtrack=0)
-    layout = PromptLayout(text=plain, chunks=tuple(placed), format=chunk_format)
-    return LineLayout(layout, torch.tensor(multipliers, dtype=torch.float32))
+    return placed_line(plain, placed, rows, leading, multipliers)

@@ -19,11 +19,11 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from flowcore.compat import version_problem
-from flowcore.markers import parse_markers, strip_markers
-from flowcore.options import FlowOptions
-from flowcore.patcher import FlowPatcher
-from flowcore.progress import CalibrationLog
+from flowcore.detection.progress import CalibrationLog
+from flowcore.models.compat import version_problem
+from flowcore.patching.options import FlowOptions
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.prompts.markers import parse_markers, strip_markers
 
 from . import a1111, adetailer, forge, settings
 from .args import ARG_TABLE, PREFIX, SPECS, TITLE, FlowArgs, paste_getter

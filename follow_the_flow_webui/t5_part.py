@@ -15,18 +15,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
-from flowcore.layout import PromptLayout
+from flowcore.encoders.base import weights_fingerprint
+from flowcore.encoders.layout import PromptLayout, tokenize_with_offsets
+from flowcore.hosts.parts import HostT5Part
+from flowcore.hosts.token_placement import PlacedLine
 
-from .line_layout import LineLayout, escape, fast_tokens, layout_line
+from .line_layout import emphasis_scale, escape, layout_line
 
 
-class T5Part:
+class T5Part(HostT5Part):
     """A Forge `T5TextProcessingEngine` as a `flowcore.encoders.TextEncoder`."""
-
-    name = "T5"
-    causal = False
-    supports_positions = False
 
     def __init__(
         self,
@@ -37,11 +35,11 @@ class T5Part:
         active: bool = True,
     ):
         self.engine = engine
+        self.end_id, self.pad_id = engine.id_end, engine.id_pad
         self.active = active  # False: the rows are there (zeros) but not T5's; they are left alone
         self.emphasis = emphasis
         self.fragments = fragments
         self.context = context
-        self._empty: Encoding | None = None
 
     def identity(self) -> str:
         settings = (type(self).__name__, self.emphasis, int(self.engine.min_length))
@@ -53,7 +51,7 @@ class T5Part:
 
     # --- layout ---
 
-    def line_layout(self, line: str) -> LineLayout:
+    def line_layout(self, line: str) -> PlacedLine:
         """Where each token of `line` sits: the engine's chunks, padded to the longest as Forge pads them."""
         chunks, _ = self.engine.tokenize_line(line)
         rows = max(len(chunk.tokens) for chunk in chunks)
@@ -64,7 +62,7 @@ class T5Part:
         return layout_line(
             self.fragments(line),
             chunks,
-            fast_tokens(self.engine.tokenizer),
+            lambda text: tokenize_with_offsets(self.engine.tokenizer, text),
             leading=0,
             filler_ids={self.engine.id_end, self.engine.id_pad},
         )
@@ -72,50 +70,23 @@ class T5Part:
     def layout(self, text: str) -> PromptLayout:
         return self.line_layout(text if self.emphasis == "None" else escape(text)).layout
 
-    # --- encodes ---
+    # --- encodes: `HostT5Part`'s, through the engine's own transformer call ---
 
-    def _run(self, sequences: Sequence[list[int]]) -> torch.Tensor:
-        """`(batch, rows, dim)` for sequences of equal length, through the engine's own transformer call."""
-        with self.context(), torch.no_grad():
-            return self.engine.encode_with_transformers(torch.tensor(list(sequences))).float()
+    def alone_positions(self, count: int) -> tuple[int, list[int]]:
+        """A prompt of `count` tokens as Forge pads it: to the engine's `min_length`, or (Chroma's unpadded
+        engine) to its own length with the end token."""
+        return max(int(self.engine.min_length), count + 1), list(range(count))
 
-    def encode(self, layout: PromptLayout) -> Encoding:
-        rows = layout.format.rows
-        sequences = []
-        for chunk in layout.chunks:
-            ids = [token.id for token in chunk] + [self.engine.id_end]
-            sequences.append(ids + [self.engine.id_pad] * (rows - len(ids)))
-        encoded = self._run(sequences)  # (chunks, rows, dim)
-        return Encoding(encoded.reshape(-1, encoded.shape[-1]))
-
-    def encode_isolated(self, requests: Sequence[ItemRequest]) -> list[IsolatedItem]:
-        """Each item as Forge encodes its text as a whole prompt: padded to the engine's `min_length`, or (Chroma's
-        unpadded engine) at its own length, since T5 attends the padding. One batched call per length."""
-        lengths = [max(int(self.engine.min_length), len(r.token_ids) + 1) for r in requests]
-        rows: list[torch.Tensor | None] = [None] * len(requests)
-        for length in sorted(set(lengths)):
-            group = [index for index, n in enumerate(lengths) if n == length]
-            sequences = [[*requests[index].token_ids, self.engine.id_end] for index in group]
-            encoded = self._run([ids + [self.engine.id_pad] * (length - len(ids)) for ids in sequences])
-            for position, index in enumerate(group):
-                rows[index] = encoded[position, : len(requests[index].token_ids)]
-        return [IsolatedItem(r.text, list(r.token_ids), r_rows) for r, r_rows in zip(requests, rows)]
-
-    def empty(self) -> Encoding:
-        if self._empty is None:
-            self._empty = self.encode(self.layout(""))
-        return self._empty
-
-    def rederive(self, layout: PromptLayout, replaced) -> Encoding:
-        raise NotImplementedError("T5 is bidirectional: its end-token and padding rows are left as encoded")
+    def encode_sequences(self, sequences: Sequence[list]) -> torch.Tensor:
+        return self.engine.encode_with_transformers(torch.tensor(list(sequences)))
 
     # --- emphasis ---
 
-    def row_scale(self, encoding: torch.Tensor, line: LineLayout) -> torch.Tensor:
+    def row_scale(self, encoding: torch.Tensor, line: PlacedLine) -> torch.Tensor:
         """Each row's emphasis factor `(rows, width)`. In "Original" mode Forge multiplies a chunk's rows by
         their weights and rescales the chunk to keep its mean: the rescale keeps the mean, so it is the mean of
         the rows divided by their weights over the mean of the rows."""
-        scale = line.token_scale(self.emphasis, encoding)
+        scale = emphasis_scale(line, self.emphasis, encoding)
         if self.emphasis != "Original":
             return scale
         rows = encoding.shape[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowcore.markers import strip_markers
+from flowcore.prompts.markers import strip_markers
 
 
 def before_token_counter(params) -> None:

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from flowcore import FlowOptions, FlowPatcher
-from flowcore.analysis import cosine, leak_scores, patch_share
-from flowcore.calibration import Calibration, ItemSample, fit
-from flowcore.evaluation import evaluate_pairs, minimal_pairs, summarize
+from flowcore.detection.calibration import Calibration, ItemSample, fit
+from flowcore.detection.leakage import cosine, leak_scores, patch_share
+from flowcore.studies.evaluation import evaluate_pairs, minimal_pairs, summarize
 
 
 @pytest.fixture(scope="module")

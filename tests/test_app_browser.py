@@ -31,8 +31,8 @@ def free_port() -> int:
 
 @pytest.fixture()
 def app_url(tiny_sd15):  # noqa: F405
-    from flowcore.app import build_app
-    from flowcore.pipelines import patcher_for_pipeline
+    from flowcore.frontends.app import build_app
+    from flowcore.models.pipelines import patcher_for_pipeline
 
     app = build_app(tiny_sd15, patcher_for_pipeline(tiny_sd15), steps=2, size=64)  # noqa: F405
     port = free_port()

@@ -12,8 +12,8 @@ from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each
 
 import flowcore
 from flowcore import FlowOptions
-from flowcore.cli import build_parser, main, options_from
 from flowcore.errors import OptionsError
+from flowcore.frontends.cli import build_parser, main, options_from
 
 PROMPT = "a crosswalk next to a bus station with a ~standing zebra~"
 FAST = ["--steps", "2", "--width", "64", "--height", "64"]
@@ -117,7 +117,7 @@ def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path, capsys):
 
 def test_version_is_printed_without_importing_torch():
     code = (
-        "import sys\nfrom flowcore.cli import main\n"
+        "import sys\nfrom flowcore.frontends.cli import main\n"
         "try: main(['--version'])\nexcept SystemExit: print('torch' in sys.modules)"
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -165,7 +165,7 @@ def test_compare_otherwise_patch_marks_the_item_before_generating(sd15_folder, t
 
 
 def test_compare_png_title_keeps_markers_and_names_what_was_patched(patcher, monkeypatch):
-    from flowcore import explore
+    from flowcore.studies import explore
 
     drawn = []
     monkeypatch.setattr(explore, "make_grid", lambda images, labels, columns, title: drawn.append((labels, title)))
@@ -181,7 +181,7 @@ def test_compare_png_title_keeps_markers_and_names_what_was_patched(patcher, mon
 def test_titles_and_captions_wrap_only_where_the_image_is_too_narrow():
     from PIL import ImageFont
 
-    from flowcore.explore import make_grid, wrap
+    from flowcore.studies.explore import make_grid, wrap
 
     font = ImageFont.load_default(size=11)
     assert wrap(f"{PROMPT}\npatched: standing zebra", font, 504) == [PROMPT, "patched: standing zebra"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcore import compat
+from flowcore.models import compat
 
 ROOT = Path(__file__).resolve().parent.parent
 

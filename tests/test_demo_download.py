@@ -130,7 +130,7 @@ def test_the_demo_fetches_only_what_it_uses_after_saying_the_size(hub, tmp_path)
 
     # 3. flowcore then loads it offline from the cache: the text encoder alone, and the whole pipeline.
     check = (
-        "from flowcore.cli import main; from flowcore.pipelines import load_pipeline; import sys\n"
+        "from flowcore.frontends.cli import main; from flowcore.models.pipelines import load_pipeline; import sys\n"
         f"status = main(['analyze', 'a ~standing zebra~', '--model', '{REPO}', '--device', 'cpu', '--no-detect'])\n"
         f"pipe = load_pipeline('{REPO}', device='cpu'); print('unet', pipe.unet.dtype); sys.exit(status)"
     )
@@ -166,10 +166,10 @@ def test_the_demo_takes_a_prompt_and_any_compare_option():
 @pytest.fixture()
 def compare_calls(monkeypatch):
     """The argument lists the demo gives `flowcore compare` (nothing generated)."""
-    import flowcore.cli
+    import flowcore.frontends.cli
 
     calls = []
-    monkeypatch.setattr(flowcore.cli, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(flowcore.frontends.cli, "main", lambda argv: calls.append(argv) or 0)
     return calls
 
 

@@ -7,7 +7,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast, T5Config, T5E
 
 from flowcore import ClipEncoder, GenericEncoder
 from flowcore.encoders.base import ItemRequest
-from flowcore.layout import ROWS_PER_CHUNK
+from flowcore.encoders.layout import ROWS_PER_CHUNK
 from flowcore.testing import tiny_clip_text_model
 
 

@@ -12,10 +12,9 @@ import pytest
 import torch
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
-import flowcore.pipelines
-import flowcore.text_models
+import flowcore.models.pipelines
+import flowcore.models.text_models
 from flowcore import ClipEncoder, FlowPatcher
-from flowcore.cli import main
 from flowcore.errors import (
     DeviceError,
     FlowcoreError,
@@ -26,6 +25,7 @@ from flowcore.errors import (
     OptionsError,
     PromptError,
 )
+from flowcore.frontends.cli import main
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -42,8 +42,8 @@ def nothing_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(flowcore.text_models, "load_encoder", refuse)
-    monkeypatch.setattr(flowcore.pipelines, "load_pipeline", refuse)
+    monkeypatch.setattr(flowcore.models.text_models, "load_encoder", refuse)
+    monkeypatch.setattr(flowcore.models.pipelines, "load_pipeline", refuse)
 
 
 @pytest.fixture()
@@ -163,10 +163,10 @@ def test_python_errors_are_flowcore_errors_naming_the_argument(clip_encoder, tok
     with pytest.raises(OptionsError, match="`options`"):
         FlowPatcher(clip_encoder, options={"sensitivity": 0.5})
     with pytest.raises(DeviceError, match="`device`"):
-        flowcore.text_models.load_encoder("x/y", device="gpu")
+        flowcore.models.text_models.load_encoder("x/y", device="gpu")
     with pytest.raises(OptionsError, match="`clip_skip`"):
-        flowcore.text_models.load_encoder("x/y", clip_skip=0)
-    from flowcore.representative import RepresentativeClassifier
+        flowcore.models.text_models.load_encoder("x/y", clip_skip=0)
+    from flowcore.detection.representative import RepresentativeClassifier
 
     with pytest.raises(OptionsError, match="`k`"):
         RepresentativeClassifier(k=0)
@@ -181,16 +181,18 @@ def test_python_errors_are_flowcore_errors_naming_the_argument(clip_encoder, tok
 
 
 def test_analyze_loads_only_the_text_encoder(sd15_folder, capsys, monkeypatch):
-    monkeypatch.setattr(flowcore.pipelines, "load_pipeline", lambda *a, **k: pytest.fail("the whole pipeline"))
+    monkeypatch.setattr(flowcore.models.pipelines, "load_pipeline", lambda *a, **k: pytest.fail("the whole pipeline"))
     assert main(["analyze", "a ~standing zebra~", "--model", str(sd15_folder), "--device", "cpu"]) == 0
     assert "standing zebra" in capsys.readouterr().out
 
 
 def test_analyze_from_a_single_file_reads_only_text_tensors(tiny_sd15, sd15_folder, sd15_single_file, monkeypatch):
     read = []
-    original = flowcore.text_models.read_text_tensors
-    monkeypatch.setattr(flowcore.text_models, "read_text_tensors", lambda path: read.append(original(path)) or read[-1])
-    encoder = flowcore.text_models.load_encoder(sd15_single_file, config=sd15_folder, device="cpu")
+    original = flowcore.models.text_models.read_text_tensors
+    monkeypatch.setattr(
+        flowcore.models.text_models, "read_text_tensors", lambda path: read.append(original(path)) or read[-1]
+    )
+    encoder = flowcore.models.text_models.load_encoder(sd15_single_file, config=sd15_folder, device="cpu")
     assert all(key.startswith("cond_stage_model.") for key in read[0])
     want = tiny_sd15.text_encoder.state_dict()
     got = encoder.towers[0].model.state_dict()
@@ -201,8 +203,8 @@ def test_analyze_from_a_single_file_reads_only_text_tensors(tiny_sd15, sd15_fold
 def test_sdxl_text_encoders_from_a_folder(tiny_sdxl, tmp_path):
     folder = tmp_path / "sdxl"
     tiny_sdxl.save_pretrained(folder)
-    encoder = flowcore.text_models.load_encoder(folder, device="cpu")
-    from flowcore.pipelines import encoder_for_pipeline
+    encoder = flowcore.models.text_models.load_encoder(folder, device="cpu")
+    from flowcore.models.pipelines import encoder_for_pipeline
 
     expected = encoder_for_pipeline(tiny_sdxl)
     layout = encoder.layout("a standing zebra")
@@ -215,7 +217,7 @@ def test_each_warning_once_wide_characters_aligned_and_repeated_sources_placed(s
     out = capsys.readouterr().out
     assert out.count("Unclosed marker") == 1
     lines = [line for line in out.splitlines() if line and not line.startswith(("threshold", "warning", "---"))]
-    from flowcore.cli import display_width
+    from flowcore.frontends.cli import display_width
 
     columns = set()
     for line, item in zip(lines, ["item", "斑马 zebra", "bats", "bats"]):
@@ -227,7 +229,7 @@ def test_each_warning_once_wide_characters_aligned_and_repeated_sources_placed(s
 
 def test_an_empty_prompt_says_so(sd15_folder, patcher, capsys):
     """On the command line it is a mistake (status 2, before the model loads); in the library, an empty report."""
-    from flowcore.cli import format_table
+    from flowcore.frontends.cli import format_table
 
     assert main(["analyze", "", "--model", str(sd15_folder), "--device", "cpu"]) == 2
     assert "The `prompt` argument is empty" in capsys.readouterr().err
@@ -235,7 +237,7 @@ def test_an_empty_prompt_says_so(sd15_folder, patcher, capsys):
 
 
 def test_every_command_has_a_description():
-    from flowcore.cli import build_parser
+    from flowcore.frontends.cli import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
@@ -247,7 +249,7 @@ def test_help_needs_no_torch():
     import subprocess
     import sys
 
-    code = "import sys; from flowcore.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from flowcore.frontends.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "False"
 
@@ -273,7 +275,7 @@ def test_concurrent_runs_share_the_caches_safely(patcher):
 
 
 def test_generate_leaves_the_pipelines_progress_bar_as_it_was(tiny_sd15):
-    from flowcore.pipelines import generate, patcher_for_pipeline
+    from flowcore.models.pipelines import generate, patcher_for_pipeline
 
     tiny_sd15.set_progress_bar_config(desc="mine")
     patcher = patcher_for_pipeline(tiny_sd15)
@@ -282,7 +284,7 @@ def test_generate_leaves_the_pipelines_progress_bar_as_it_was(tiny_sd15):
 
 
 def test_config_folders_are_private_to_each_call():
-    from flowcore.model_configs import write_config_folder
+    from flowcore.models.model_configs import write_config_folder
 
     first, second = write_config_folder("sd15"), write_config_folder("sd15")
     assert first != second
@@ -290,7 +292,7 @@ def test_config_folders_are_private_to_each_call():
 
 
 def test_load_nlp_honours_the_name_asked_for(monkeypatch):
-    import flowcore.segmentation as seg
+    import flowcore.prompts.segmentation as seg
 
     monkeypatch.setattr(seg, "_loaded", {"en_core_web_sm": "first"})
     monkeypatch.setattr(seg, "_load_if_installed", lambda name: f"pipeline {name}" if name == "other" else None)
@@ -308,6 +310,8 @@ def test_runtime_code_does_not_import_the_test_helpers():
     import subprocess
     import sys
 
-    code = "import sys, flowcore.pipelines, flowcore.text_models; print('flowcore.testing' in sys.modules)"
+    code = (
+        "import sys, flowcore.models.pipelines, flowcore.models.text_models; print('flowcore.testing' in sys.modules)"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "False"

@@ -3,10 +3,10 @@
 import pytest
 
 from flowcore import FlowPatcher
-from flowcore.calibration import calibration_prompts
+from flowcore.detection.calibration import calibration_prompts
 from flowcore.errors import OptionsError
-from flowcore.evaluation import SPLITS, MinimalPair, evaluate_pairs, minimal_pairs, target_entry
-from flowcore.segmentation import segment
+from flowcore.prompts.segmentation import segment
+from flowcore.studies.evaluation import SPLITS, MinimalPair, evaluate_pairs, minimal_pairs, target_entry
 
 TAG_SPLITS = ("tags-dev", "tags-final")
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
-from flowcore import FlowOptions, FlowPatcher, calibration
-from flowcore.analysis import item_vector, pull_value
-from flowcore.calibration import Calibration, ItemSample, fit
-from flowcore.cli import main
-from flowcore.markers import parse_markers
+from flowcore import FlowOptions, FlowPatcher
+from flowcore.detection import calibration
+from flowcore.detection.calibration import Calibration, ItemSample, fit
+from flowcore.detection.leakage import item_vector, pull_value
+from flowcore.encoders.placement import place_all
+from flowcore.frontends.cli import main
+from flowcore.prompts.markers import parse_markers
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 # A few sentences, a prompt of two chunks and a few tag lists: more than one batch, quick to calibrate.
@@ -37,7 +39,7 @@ def prompt_by_prompt(patcher: FlowPatcher) -> tuple[torch.Tensor, list[ItemSampl
     for number, prompt in enumerate(calibration.calibration_prompts()):
         marked = parse_markers(prompt)
         layout, encoding = patcher._encoded(marked, scoring_only)
-        placed = patcher._placed(patcher._segment(marked), layout)
+        placed = place_all(patcher._segment(marked), layout)
         if not all(entry.item.tag for entry in placed):
             token_rows.append(encoding.rows[[row for row, _ in layout.token_rows()]])
         contextual, matched, candidates = patcher._measure(encoding.rows, layout, placed)

@@ -6,7 +6,7 @@ import re
 
 from PIL import Image
 
-from flowcore.html_report import context_shift, patch_change, render_html
+from flowcore.frontends.html_report import context_shift, patch_change, render_html
 
 
 def test_report_is_self_contained_and_escapes_prompt_text(patcher):
@@ -54,7 +54,7 @@ def test_tables_read_for_people(patcher):
 
 
 def test_numbers_that_round_to_zero_print_without_a_sign():
-    from flowcore.report import fixed
+    from flowcore.patching.report import fixed
 
     assert [fixed(-1e-7), fixed(-4e-5, 4), fixed(-1e-9, signed=True), fixed(-0.25, signed=True)] == [
         "0.000",

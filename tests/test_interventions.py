@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from flowcore.errors import EncodingMismatchError
-from flowcore.interventions import fill_from_baseline, keep_only, patch_rows, remove_redundant, tile_baseline
+from flowcore.patching.interventions import fill_from_baseline, keep_only, patch_rows, remove_redundant, tile_baseline
 
 
 @pytest.fixture()

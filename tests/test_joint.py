@@ -1,10 +1,10 @@
-"""Several encoders, one decision (flowcore.joint): an item any encoder flags is patched in every part."""
+"""Several encoders, one decision (flowcore.patching.joint): an item any encoder flags is patched in every part."""
 
 import torch
 
 from flowcore import ClipEncoder, FlowPatcher
-from flowcore.calibration import Calibration
-from flowcore.joint import Part, patch_jointly
+from flowcore.detection.calibration import Calibration
+from flowcore.patching.joint import Part, patch_jointly
 from flowcore.testing import tiny_clip_text_model
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"

@@ -1,4 +1,4 @@
-"""Prompts that are not English: the guess (`flowcore.language`), and what the patcher does with them: nothing
+"""Prompts that are not English: the guess (`flowcore.prompts.language`), and what the patcher does with them: nothing
 that English segmentation found is patched, markers still are, and a pipeline of the language is used where one
 is installed."""
 
@@ -8,8 +8,9 @@ import copy
 
 import pytest
 
-from flowcore import FlowOptions, FlowPatcher, segmentation
-from flowcore.language import guess_language
+from flowcore import FlowOptions, FlowPatcher
+from flowcore.prompts import segmentation
+from flowcore.prompts.language import guess_language
 
 EVERY = FlowOptions(mode="every")
 

@@ -1,4 +1,4 @@
-from flowcore.layout import ROWS_PER_CHUNK, Token, chunk_tokens, layout_prompt, tokenize_with_offsets
+from flowcore.encoders.layout import ROWS_PER_CHUNK, Token, chunk_tokens, layout_prompt, tokenize_with_offsets
 
 
 def test_tokens_carry_their_character_spans(tokenizer):

@@ -1,8 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flowcore.items import ISOLATE, KEEP
-from flowcore.markers import has_markers, parse_markers, strip_markers
+from flowcore.prompts.items import ISOLATE, KEEP
+from flowcore.prompts.markers import has_markers, parse_markers, strip_markers
 
 
 def test_isolate_and_keep_spans_refer_to_clean_text():

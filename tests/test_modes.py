@@ -113,7 +113,7 @@ def test_markers_override_style_tags(clip_encoder, nlp):
 def test_tags_of_a_tag_list_are_judged_against_the_tags_null(clip_encoder, nlp):
     """A calibration whose sentence null is out of reach and whose tag null is below every score: the tags of
     the list are patched, the items of the phrase are not, and the report gives both thresholds."""
-    from flowcore.calibration import Calibration
+    from flowcore.detection.calibration import Calibration
 
     dim = clip_encoder.encode(clip_encoder.layout("x")).rows.shape[-1]
     calibration = Calibration.identity(dim)

@@ -45,7 +45,7 @@ def test_report_has_every_item_with_real_fields(patcher):
 
 
 def test_markers_only_mode_parses_and_scores_nothing(patcher, monkeypatch):
-    from flowcore import segmentation
+    from flowcore.prompts import segmentation
 
     monkeypatch.setattr(segmentation, "_parser_items", lambda *a: pytest.fail("markers only ran the parser"))
     report = patcher.run(ZEBRA, MARKERS_ONLY).report

@@ -10,7 +10,7 @@ import torch
 from pipeline_fixtures import *  # noqa: F403 (the tiny pipelines, saved in each format)
 
 from flowcore import ModelFileError, ModelNotFoundError
-from flowcore.pipelines import (
+from flowcore.models.pipelines import (
     UnsupportedPipelineError,
     detect_checkpoint_type,
     encoder_for_pipeline,
@@ -36,7 +36,7 @@ def test_bundled_configs_describe_the_published_models(tmp_path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from flowcore.model_configs import write_config_folder
+    from flowcore.models.model_configs import write_config_folder
 
     def count(model):
         return sum(p.numel() for p in model.parameters())
@@ -85,13 +85,13 @@ def test_single_file_with_detected_config_and_no_tokenizer_files(
 ):
     """Without `config`, the architecture is detected from the keys and a config folder without tokenizer files
     is used (as the bundled ones are): the tokenizer is built locally, with the real 49408-token vocabulary."""
-    import flowcore.model_configs
+    import flowcore.models.model_configs
 
     configs_only = tmp_path / "sd15"
     shutil.copytree(sd15_folder, configs_only, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "tokenizer"))
     detected = []
     monkeypatch.setattr(
-        flowcore.model_configs, "write_config_folder", lambda family: detected.append(family) or configs_only
+        flowcore.models.model_configs, "write_config_folder", lambda family: detected.append(family) or configs_only
     )
     pipe = load_pipeline(sd15_single_file, device="cpu")
     assert detected == ["sd15"]

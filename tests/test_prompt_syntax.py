@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flowcore import ClipEncoder, FlowOptions, FlowPatcher
 from flowcore.errors import OptionsError
-from flowcore.prompt_syntax import parse_attention, parse_prompt, plain_prompt
+from flowcore.prompts.prompt_syntax import parse_attention, parse_prompt, plain_prompt
 from flowcore.testing import clip_tokenizer, tiny_clip_text_model
 
 STANDIN = Path(__file__).resolve().parent / "webui_standin"

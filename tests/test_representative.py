@@ -5,7 +5,7 @@ import torch
 
 import flowcore
 from flowcore import FlowOptions, FlowPatcher
-from flowcore.representative import RepresentativeClassifier, read_labels, token_examples
+from flowcore.detection.representative import RepresentativeClassifier, read_labels, token_examples
 
 LABELS = Path(flowcore.__file__).parent / "data" / "representative_labels.jsonl"
 

@@ -2,7 +2,7 @@ import pytest
 
 from flowcore import FlowOptions, segment
 from flowcore.errors import ModelNotFoundError
-from flowcore.segmentation import load_nlp
+from flowcore.prompts.segmentation import load_nlp
 
 
 def texts(prompt, nlp):
@@ -49,7 +49,7 @@ def test_markers_override_the_parser(nlp):
 
 
 def test_missing_model_says_how_to_install(monkeypatch):
-    import flowcore.segmentation as seg
+    import flowcore.prompts.segmentation as seg
 
     monkeypatch.setattr(seg, "MODEL_CANDIDATES", ("no_such_model_xyz",))
     monkeypatch.setattr(seg, "_loaded", {})

@@ -1,14 +1,14 @@
 """Tag-style prompts: each tag an item, sentences inside tag lists and tags inside sentences, no junk items,
-quality/style/camera tags recognised (`flowcore.segmentation`, `flowcore.style_tags`). These are the cases the
-rule was written on; the held-out prompts (`flowcore/data/tag_prompts.jsonl`) are scored by
+quality/style/camera tags recognised (`flowcore.prompts.segmentation`, `flowcore.prompts.style_tags`). These are
+the cases the rule was written on; the held-out prompts (`flowcore/data/tag_prompts.jsonl`) are scored by
 `benchmarks/tag_prompts.py`, not here."""
 
 import pytest
 
 from flowcore import segment
 from flowcore.errors import OptionsError
-from flowcore.segmentation import has_content, is_tag
-from flowcore.style_tags import StyleTags, normalize, style_tags
+from flowcore.prompts.segmentation import has_content, is_tag
+from flowcore.prompts.style_tags import StyleTags, normalize, style_tags
 
 
 def found(prompt, nlp, tags=None):

@@ -87,7 +87,7 @@ def split_prompt(argv: list[str]) -> tuple[str | None, list[str]]:
     None where there is none) and every other argument, in order."""
     import argparse
 
-    from flowcore.cli import build_parser
+    from flowcore.frontends.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     takes_value = {
@@ -105,7 +105,7 @@ def split_prompt(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    from flowcore.cli import main as flowcore_main
+    from flowcore.frontends.cli import main as flowcore_main
 
     prompt, options = split_prompt(argv)
     if prompt is None:  # the paper's prompt: where nothing is flagged, patch what the paper patched

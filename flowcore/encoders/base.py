@@ -1,6 +1,6 @@
 """The encoder protocol: what flowcore needs from a text encoder, whatever model or UI sits behind it.
 
-Shapes: an encoding is `(rows, dim)` with `layout.format.rows` rows per chunk (see `flowcore.layout`); an
+Shapes: an encoding is `(rows, dim)` with `layout.format.rows` rows per chunk (see `flowcore.encoders.layout`); an
 isolated item is `(tokens, dim)`, the rows of the item's own tokens when they are encoded alone.
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from flowcore.layout import PromptLayout
+from flowcore.encoders.layout import PromptLayout
 
 
 @dataclass

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.encoders.layout import CLIP_CHUNKS, PromptLayout, layout_prompt
 from flowcore.errors import OptionsError
-from flowcore.layout import CLIP_CHUNKS, PromptLayout, layout_prompt
 
 SEQUENCE_LIMIT = 8 * CLIP_CHUNKS.rows  # tokens per forward call; more blocks than this are split over calls
 # (on a CPU, a calibration's packed prompts run ~15% faster in calls of 8 chunks than of 4: fewer, larger calls)
@@ -263,7 +263,7 @@ class TowerEncoder:
     pooled_tower: Tower | None = None
 
     def layout(self, text: str, segments: list[list[tuple[int, int]]] | None = None) -> PromptLayout:
-        """`text` in chunks; `segments`: the spans to tokenize one by one (see `flowcore.layout.layout_prompt`)."""
+        """`text` in chunks; `segments`: the spans to tokenize one by one (see `layout_prompt`)."""
         return layout_prompt(self.towers[0].tokenizer, text, CLIP_CHUNKS, segments)
 
     def identity(self) -> str:

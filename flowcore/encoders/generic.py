@@ -16,8 +16,8 @@ import transformers
 from packaging.version import Version
 
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
+from flowcore.encoders.layout import ChunkFormat, PromptLayout, layout_prompt
 from flowcore.errors import OptionsError
-from flowcore.layout import ChunkFormat, PromptLayout, layout_prompt
 
 # transformers < 4.45 (the AUTOMATIC1111 WebUI ships 4.30) cuts the rotary tables of Llama-style models to the
 # sequence's length before indexing them with the position ids: every position id must be below the length.
@@ -104,7 +104,7 @@ class GenericEncoder:
         return weights_fingerprint(self.encoder_module, settings=settings)
 
     def layout(self, text: str, segments: list[list[tuple[int, int]]] | None = None) -> PromptLayout:
-        """`text` in chunks; `segments`: the spans to tokenize one by one (see `flowcore.layout.layout_prompt`)."""
+        """`text` in chunks; `segments`: the spans to tokenize one by one (see `layout_prompt`)."""
         return layout_prompt(self.tokenizer, text, self.format, segments)
 
     def frame(self, ids: Sequence[int], start: int) -> tuple[list[int], list[int]]:

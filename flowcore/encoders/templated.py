@@ -21,8 +21,8 @@ import torch
 
 from flowcore.encoders.base import Encoding, IsolatedItem, ItemRequest, weights_fingerprint
 from flowcore.encoders.generic import GenericEncoder
+from flowcore.encoders.layout import ChunkFormat, PromptLayout, Token, tokenize_with_offsets
 from flowcore.errors import OptionsError
-from flowcore.layout import ChunkFormat, PromptLayout, Token, tokenize_with_offsets
 
 
 @dataclass(frozen=True)

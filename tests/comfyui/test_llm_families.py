@@ -21,9 +21,9 @@ from comfyui_nodes.llm import LlamaStackPart, piece_spans
 from comfyui_nodes.llm import parts_for as llm_parts_for
 from comfyui_nodes.nodes import FollowTheFlowTextEncode
 from flowcore import FlowOptions
-from flowcore.calibration import Calibration
+from flowcore.detection.calibration import Calibration
 from flowcore.encoders.base import ItemRequest
-from flowcore.layout import tokenize_with_offsets
+from flowcore.encoders.layout import tokenize_with_offsets
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 ATOL = 2e-5

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from comfyui_nodes import conditioning
-from flowcore import FlowOptions, calibration
+from flowcore import FlowOptions
+from flowcore.detection import calibration
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 

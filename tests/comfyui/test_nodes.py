@@ -17,8 +17,9 @@ from nodes import CLIPTextEncode
 from comfyui_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, conditioning, layout
 from comfyui_nodes.nodes import MODES, FollowTheFlowTextEncode
 from flowcore import ClipEncoder, FlowOptions, FlowPatcher
-from flowcore.calibration import Calibration
-from flowcore.layout import Token
+from flowcore.detection.calibration import Calibration
+from flowcore.encoders.layout import Token
+from flowcore.hosts.token_placement import token_spans
 from flowcore.testing import clip_tokenizer, random_clip_text_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,7 +194,7 @@ class _Slow:
 def test_token_spans_of_a_slow_tokenizer_are_the_fast_ones():
     fast = clip_tokenizer()
     text = "don't stop, 85mm lens İstanbul"
-    spans = layout.token_spans(_Slow(fast), text)
+    spans = token_spans(_Slow(fast), text)
     assert [t.id for t in spans] == fast(text, add_special_tokens=False)["input_ids"]
     assert all(isinstance(t, Token) and text[t.start : t.end].strip() for t in spans)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from modules import shared
 
-from flowcore.patcher import FlowPatcher
+from flowcore.patching.patcher import FlowPatcher
 
 TITLE = "Follow the Flow"
 

@@ -11,7 +11,7 @@ from conftest import make_webui
 from ext_helpers import TITLE, conds, on
 from modules import errors
 
-from flowcore.options import FlowOptions
+from flowcore.patching.options import FlowOptions
 from follow_the_flow_webui.args import ARG_TABLE, FlowArgs, from_infotext, paste_getter
 
 

@@ -17,9 +17,9 @@ def test_layout_follows_tokenize_line_with_emphasis_and_break(webui):
     layout = line.layout
     assert layout.text == "a big (red) car BREAK a tiny dog"
     assert len(layout.chunks) == 2
-    assert layout.rows_for_span(2, 5) == [2] and line.multipliers[2] == 1.2
+    assert layout.rows_for_span(2, 5) == [2] and line.weights[2] == 1.2
     assert layout.rows_for_span(layout.text.index("dog"), len(layout.text)) == [77 + 3]
-    assert abs(float(line.multipliers[77 + 2]) - 1 / 1.1) < 1e-6
+    assert abs(float(line.weights[77 + 2]) - 1 / 1.1) < 1e-6
     assert encoder.layout("a (b) c").text == "a (b) c"  # plain text is escaped, not re-parsed
     assert escape("a (b)") == "a \\(b\\)"
 

@@ -51,7 +51,7 @@ def test_box_off_is_bit_identical_and_caches_stay_clean(plain_webui):
 
 
 def test_hires_and_n_iter_patched_once_per_pass(webui, monkeypatch):
-    from flowcore.patcher import FlowPatcher
+    from flowcore.patching.patcher import FlowPatcher
 
     calls = []
     original = FlowPatcher.patch
@@ -137,7 +137,7 @@ def test_automatic_detection_runs_and_reports(webui):
 
 
 def test_an_error_inside_leaves_the_image_unpatched_with_one_warning(plain_webui, monkeypatch, caplog):
-    from flowcore.patcher import FlowPatcher
+    from flowcore.patching.patcher import FlowPatcher
 
     reference = plain_webui.txt2img(prompt=PLAIN).sampling_records[0]
     webui = make_webui("sd1")

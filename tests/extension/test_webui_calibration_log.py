@@ -7,7 +7,7 @@ import logging
 import pytest
 from ext_helpers import on
 
-from flowcore import calibration
+from flowcore.detection import calibration
 from follow_the_flow_webui import script
 
 PROMPT = "a crosswalk next to a bus station with a standing zebra"

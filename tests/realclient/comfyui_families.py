@@ -29,14 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from host_common import T5_CALIBRATION_PROMPTS  # *Automatic* with T5-XXL: a short calibration, as in Forge
+
 HERE = Path(__file__).resolve().parent
 PROMPT = "a crosswalk next to a bus station with a standing zebra"
 TAGS = "1girl, white shirt, red shoes, blue hair"  # four items: each T5 forward call costs tens of seconds
 TAG_ITEMS = ["1girl", "white shirt", "red shoes", "blue hair"]
 CLIP_L_WIDTH = 768
-# *Automatic* with T5-XXL calibrates on this many of the built-in prompts (`inside_comfyui.short_calibration`): the
-# full calibration (182 prompts and their items) takes hours on this CPU; the row extrapolates it
-T5_CALIBRATION_PROMPTS = 12
 
 # variant -> (family, text encoder files, CLIP loader and type, sampler cfg)
 VARIANTS = {

@@ -103,7 +103,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import open_clip
-from flowcore.clip_tokenizer import clip_tokenizer
+from flowcore.models.clip_tokenizer import clip_tokenizer
 tokenizer = clip_tokenizer(str(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"))
 assert len(tokenizer) == 49408, len(tokenizer)
 snapshot = Path(sys.argv[1]) / "hub" / "models--openai--clip-vit-large-patch14"
@@ -226,8 +226,11 @@ class WebUI:
             if Path(self.switch_to.name).stem not in loaded:
                 raise RuntimeError(f"switching to {self.switch_to.name} left {loaded} loaded")
 
-    def txt2img(self, prompt: str, ftf: list | None = None, settings: dict | None = None) -> tuple[Path, dict]:
-        """One 64x64, 2-step Euler image (seed 1); returns its PNG and its infotext's parameters."""
+    def txt2img(
+        self, prompt: str, ftf: list | None = None, settings: dict | None = None, timeout: float = 900
+    ) -> tuple[Path, dict]:
+        """One 64x64, 2-step Euler image (seed 1); returns its PNG and its infotext's parameters (`timeout`: seconds
+        to wait for it)."""
         payload = {
             "prompt": prompt,
             "negative_prompt": NEGATIVE,
@@ -242,7 +245,7 @@ class WebUI:
         }
         if ftf is not None:
             payload["alwayson_scripts"] = {"Follow the Flow": {"args": ftf}}
-        answer = http_json(f"{self.url}/sdapi/v1/txt2img", payload, timeout=900)
+        answer = http_json(f"{self.url}/sdapi/v1/txt2img", payload, timeout=timeout)
         self.count += 1
         path = self.out / f"{self.name}-image-{self.count:02d}.png"
         path.write_bytes(base64.b64decode(answer["images"][0]))

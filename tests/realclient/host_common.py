@@ -1,5 +1,6 @@
 """What every host's checks share (standard library only): result rows and their table, a server started and
-stopped by its PID, HTTP, `pip freeze`, random checkpoints and `flowcore analyze`."""
+stopped by its PID, HTTP, `pip freeze`, random checkpoints, `flowcore analyze`, and the short calibration of the
+*Automatic* rows (also imported inside the hosts' own processes: ComfyUI's checks, Forge's probe)."""
 
 from __future__ import annotations
 
@@ -233,6 +234,39 @@ def tolerance(scale: float) -> float:
     the item's rows (at least `ATOL`). float32 rounding grows with the values: SDXL's OpenCLIP-G rows (its
     penultimate layer, no final norm) reach the tens, where CLIP-L's final-norm rows stay near 1."""
     return ATOL * max(1.0, scale)
+
+
+# *Automatic* with T5-XXL calibrates on this many of the built-in prompts (`short_calibration`), in ComfyUI and
+# Forge: the full calibration (182 prompts and their items) takes hours on this CPU; the row extrapolates it
+T5_CALIBRATION_PROMPTS = 12
+
+
+def short_calibration(calibration, count: int) -> tuple[int, int]:
+    """Makes the core's `calibration` module (the one the node pack or extension imported, in the host's own
+    process) calibrate on `count` of its built-in calibration prompts, spread evenly over the file (sentences and
+    tag lists), for the *Automatic* rows of encoders whose full calibration takes hours on this CPU (T5-XXL, the 2-8B
+    language models). The row then runs *Automatic* end to end inside the host (calibration through the host's own
+    encoder, scores, patching) and times the calibration, to extrapolate the full one. The cache key hashes the
+    prompts, so this calibration is never taken for the full one. Returns (count, full count)."""
+    prompts = calibration.calibration_prompts()
+    subset = prompts[:: max(1, len(prompts) // count)][:count]
+    calibration.calibration_prompts = lambda: list(subset)
+    return len(subset), len(prompts)
+
+
+def full_calibration_estimate(calibrated_s: float, count: int, total: int) -> str:
+    """The full calibration's time, extrapolated from `calibrated_s` on `count` of its `total` prompts."""
+    return f"the full one is estimated at {calibrated_s * total / count / 60:.0f} min on this CPU"
+
+
+def calibration_timing(first_s: float, again_s: float, count: int, total: int) -> str:
+    """What a row on a short calibration says: the first *Automatic* call (calibration included) against the same
+    call again (calibrated), and the full calibration extrapolated from the difference."""
+    calibrated = max(0.0, first_s - again_s)
+    return (
+        f"calibrated on {count} of {total} prompts: first Automatic call {first_s:.0f} s, again {again_s:.0f} s, so "
+        f"about {calibrated:.0f} s of calibration; {full_calibration_estimate(calibrated, count, total)}"
+    )
 
 
 def random_checkpoint(python: str, family: str, folder: Path, log: Path) -> tuple[Path, Path]:

@@ -16,8 +16,11 @@
    `install.py` runs at the next launch; `pip freeze` before and after.
 4. Rows: the same as A1111's (`host_a1111.py`), and the model class and repository Forge detected. The T5 families
    (SD 3.5, Flux dev / schnell, Chroma) are read from split files (`SPLIT_FILES`) and get the checks their text
-   engines have (`t5_rows`); the checks they cannot have get a `NOT_RUN` row that says why. `$FTF_FORGE_SKIP`
-   (probe names: nonorm, clipskip, chunk2, every) leaves rows out of a run, as `NOT_RUN` rows that say so.
+   engines have (`t5_rows`), and *Automatic* on a calibration of `T5_CALIBRATION_PROMPTS` of the 182 prompts, as
+   in ComfyUI (`t5_automatic`: the probe shortens the extension's core's calibration inside Forge and times it; the
+   row checks the items the infotext names against Forge's own encodes and extrapolates the full calibration's
+   time); the checks they cannot have get a `NOT_RUN` row that says why. `$FTF_FORGE_SKIP` (probe names: nonorm,
+   clipskip, chunk2, every, auto) leaves rows out of a run, as `NOT_RUN` rows that say so.
 
 | family | files (Forge's module folders) | rows of `crossattn` | sampling |
 |---|---|---|---|
@@ -56,6 +59,7 @@ from host_common import (
     NOT_IMPLEMENTED,
     NOT_RUN,
     REPO,
+    T5_CALIBRATION_PROMPTS,
     Row,
     Server,
     analyze,
@@ -63,6 +67,7 @@ from host_common import (
     checkout_files,
     free_port,
     freeze_row,
+    full_calibration_estimate,
     host_env,
     http_json,
     link,
@@ -102,6 +107,9 @@ STOPPED = ("flux-dev", "flux-schnell", "chroma")
 T5_TAGS = "masterpiece, 1girl, red shoes, blue hair"  # few items: each T5-XXL encode costs tens of seconds
 T5_TAG_ITEMS = ["1girl", "red shoes", "blue hair"]
 CALIBRATION_PROMPTS = 182  # `flowcore/data/calibration_prompts.txt`: an *Automatic* calibration encodes each
+CALIBRATION_TIMEOUT = 3600  # seconds the first *Automatic* image may take: its (short) T5-XXL calibration included
+REPO_SUITE = Path(__file__).resolve().parent  # the probe imports `host_common` from here (`$FTF_PROBE_SUITE`)
+AUTOMATIC_NOTE = "; the items are those the first image's infotext named"
 COND_DIFF = (  # the largest difference of two recorded conditionings (-1 when their tensors or shapes differ)
     "import sys; from safetensors.torch import load_file; a, b = (load_file(p) for p in sys.argv[1:3]); "
     "print(-1 if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a) "
@@ -345,12 +353,17 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
         deps,
         FTF_PROBE_SPEC=str(spec),
         FTF_PROBE_OUT=str(probe_out),
-        FLOWCORE_CACHE=str(out / "flowcore-cache-host"),
+        FLOWCORE_CACHE=str(out / "flowcore-cache-host"),  # emptied by run.py: every run calibrates afresh
         **({"FTF_PROBE_STOP": "1"} if stopped else {}),
+        # T5-XXL's *Automatic*: the core calibrates on a few prompts, timed (see `t5_automatic`)
+        **(
+            {"FTF_PROBE_SHORT_CALIBRATION": str(T5_CALIBRATION_PROMPTS), "FTF_PROBE_SUITE": str(REPO_SUITE)}
+            if t5
+            else {}
+        ),
     )
     rows: list[Row] = []
     detected = {"model": "?"}  # the probe's first answer says what Forge loaded
-    encode_seconds: list[float] = []  # the probe's encodes of one text each (Forge's `get_learned_conditioning`)
 
     def row(check_name: str, function) -> None:
         rows.append(checked_row(host, family, detected["model"], check_name, function, webui.server))
@@ -415,10 +428,7 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 detected["model"] = found.get("model", detected["model"])
                 if "error" in found:
                     return False, None, found["error"]
-                encode_seconds.extend(found.get("encode_seconds", []))
-                infotext = info["infotexts"][0]
-                patched = re.search(r"FtF patched: (\"[^\"]*\"|[^,]*)", infotext)
-                patched = patched.group(1).strip('"') if patched else ""
+                named = infotext_items(info["infotexts"][0])
                 parts = found.get("parts") or {"rows": (found["max_diff"], found["scale"])}
                 noise = found.get("t5_batch_noise", 0.0)  # Forge's own: its batch of the items vs one by one
 
@@ -452,10 +462,9 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 detail += "; negative bit-identical" if found["negative_equal"] else "; negative DIFFERS"
                 if found["vector_equal"] is not None:
                     detail += "; pooled vector bit-identical" if found["vector_equal"] else "; pooled vector DIFFERS"
-                detail += f"; infotext FtF patched: {patched or '-'}"
+                detail += f"; infotext FtF patched: {'; '.join(named) or '-'}"
                 if expect_infotext is not None:
-                    wanted = sorted(expect_infotext)
-                    got = sorted(part.strip() for part in patched.split(";") if part.strip())
+                    wanted, got = sorted(expect_infotext), sorted(named)
                     ok = ok and got == wanted
                     detail += "" if got == wanted else f" (should name {'; '.join(wanted)})"
                 if t5 and found.get("encode_seconds"):
@@ -567,8 +576,43 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
                 ),
             )
 
+        def t5_automatic():
+            """*Automatic* at 0.9 on `PROMPT` with the core's calibration shortened (the probe's
+            `shorten_calibration`): the items the infotext names (at least one), their rows and every other row
+            checked against Forge's own encodes in a second, calibrated image, whose conditioning must equal the
+            first's; the calibration timed in Forge's process and extrapolated to the full one."""
+            auto = [True, "Automatic", 0.9]
+            began = time.perf_counter()
+            _, info = webui.txt2img(PROMPT, auto, timeout=CALIBRATION_TIMEOUT)
+            first_s = time.perf_counter() - began
+            conds["auto-first"] = webui.recorded("auto-first")
+            named = infotext_items(info["infotexts"][0])
+            timing = calibration_detail(probe_out / "calibrations.json")
+            if not timing[0]:
+                return False, None, timing[1]
+            detail = (
+                f"{timing[1]}; first Automatic image {first_s:.0f} s; infotext FtF patched: {'; '.join(named) or '-'}"
+            )
+            if not named:
+                return False, None, detail + " (nothing patched: this row must patch at least one item)"
+            ok, diff, checked = probe(
+                "auto", PROMPT, PROMPT, [[i, i] for i in named], auto, None, named, AUTOMATIC_NOTE
+            )()
+            same = webui.cond_difference(conds["auto-first"], conds["auto"])
+            again = calibration_detail(probe_out / "calibrations.json")[2]
+            ok = ok and same == 0 and again == timing[2]
+            detail += f"; a second image (calibrated) checked: {checked}; its conditioning at step 0 "
+            detail += "= the first's" if same == 0 else f"DIFFERS from the first's by {same:.3g}"
+            detail += "" if again == timing[2] else f"; the second image calibrated again ({again - timing[2]} more)"
+            return ok, diff, detail
+
         if t5:
             t5_rows()
+            maybe(
+                f"Automatic (sens. 0.9), T5 calibrated on {T5_CALIBRATION_PROMPTS} of {CALIBRATION_PROMPTS} prompts",
+                "auto",
+                t5_automatic,
+            )
         else:
             clip_rows()
 
@@ -597,7 +641,7 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
 
         row("off -> on -> off", off_on_off)
         if t5:
-            t5_not_run(family, stopped, encode_seconds, not_run)
+            t5_not_run(family, stopped, not_run)
     finally:
         peak = webui.server.peak_mb()
         webui.server.stop()
@@ -629,9 +673,40 @@ def family_rows(host, family, python, host_dir, deps, checkpoint, lora, out, mod
     return rows
 
 
-def t5_not_run(family: str, stopped: bool, encode_seconds: list[float], not_run) -> None:
-    """The rows a T5 family cannot have here, each with its reason (`encode_seconds`: the probe's encodes, measured
-    in this run)."""
+def infotext_items(infotext: str) -> list[str]:
+    """The items an infotext's `FtF patched` entry names, in its order (none without the entry)."""
+    found = re.search(r"FtF patched: (\"[^\"]*\"|[^,]*)", infotext)
+    patched = found.group(1).strip('"') if found else ""
+    return [part.strip() for part in patched.split(";") if part.strip()]
+
+
+def calibration_detail(path: Path) -> tuple[bool, str, int]:
+    """What the probe timed (`shorten_calibration`, `$FTF_PROBE_OUT/calibrations.json`): whether every part was
+    calibrated, and afresh, on the shortened prompts; the row's words for it, labelled as a shortened calibration,
+    with the full one extrapolated (`host_common.full_calibration_estimate`); and how many calibrations ran."""
+    if not path.exists():
+        return False, "the probe timed no calibration (the extension's core was not reached, or nothing calibrated)", 0
+    timed = json.loads(path.read_text(encoding="utf-8"))
+    count, total = timed["shortened"]
+    runs = timed["runs"]
+    fresh = all(run["prompts"] == count for run in runs)
+    seconds = sum(run["seconds"] for run in runs)
+    each = ", ".join(
+        f"{run['part']} {run['seconds']:.0f} s" if run["prompts"] else f"{run['part']} read from a cache (not measured)"
+        for run in runs
+    )
+    detail = (
+        f"a SHORTENED calibration: {count} of the {total} calibration prompts, spread over the file "
+        f"(host_common.short_calibration), calibrated in Forge's process in {seconds:.0f} s ({each}; timed around "
+        f"the core's FlowPatcher.calibrate), so {full_calibration_estimate(seconds, count, total)}; "
+        "`flowcore analyze`, the reference of the CLIP families' Automatic row, does not read these split files, so "
+        "this row checks the patch's mechanics and the infotext, not the scores"
+    )
+    return fresh and bool(runs), detail, len(runs)
+
+
+def t5_not_run(family: str, stopped: bool, not_run) -> None:
+    """The rows a T5 family cannot have here, each with its reason."""
     if stopped:
         not_run(
             "sampling: an image from the diffusion model",
@@ -653,16 +728,3 @@ def t5_not_run(family: str, stopped: bool, encode_seconds: list[float], not_run)
         "stacks the chunks), so a prompt with BREAK does not give one row sequence (read in Forge's code)",
     )
     not_run("LoRA on the text encoder", "no LoRA file is written for this family (tools/checkpoints/dit.py)")
-    measured = sorted(encode_seconds)
-    if measured:
-        median = measured[len(measured) // 2]
-        cost = f"Forge's encodes of one text took a median {median:.0f} s here ({len(measured)} measured), so at "
-        cost += f"least {CALIBRATION_PROMPTS} x {median:.0f} s = {CALIBRATION_PROMPTS * median / 60:.0f} min"
-    else:
-        cost = "no encode was measured in this run"
-    not_run(
-        "Automatic",
-        f"calibrating T5-XXL encodes each of the {CALIBRATION_PROMPTS} calibration prompts and their items: {cost} "
-        "of this shared 2-core CPU; and `flowcore analyze`, the reference of the CLIP families' row, does not read "
-        "these split files",
-    )

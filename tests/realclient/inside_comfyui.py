@@ -28,6 +28,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import host_common
+from host_common import calibration_timing  # noqa: F401  (the families' modules use it from here)
+
 ATOL = 1e-5  # patched rows against ComfyUI's encode of the item alone (fp16 weights, fp32 activations)
 
 
@@ -191,29 +194,11 @@ def _patched_in_report(report: str) -> list[str]:
 
 
 def short_calibration(count: int) -> tuple[int, int]:
-    """Makes the node's core calibrate on `count` of its built-in calibration prompts, spread evenly over the file
-    (sentences and tag lists), for the *Automatic* rows of encoders whose full calibration takes hours on this CPU
-    (T5-XXL, the 2-8B language models). The row then runs *Automatic* end to end inside ComfyUI (calibration through
-    ComfyUI's own encoder, scores, patching) and times the calibration, to extrapolate the full one. The cache key
-    hashes the prompts, so this calibration is never taken for the full one. Returns (count, full count)."""
+    """Makes the node pack's core calibrate on `count` of its built-in prompts (`host_common.short_calibration`, the
+    selection Forge's probe makes too). Returns (count, full count)."""
     import importlib
 
-    calibration = importlib.import_module("flowcore.calibration")  # the node pack's core, imported by now
-    prompts = calibration.calibration_prompts()
-    subset = prompts[:: max(1, len(prompts) // count)][:count]
-    calibration.calibration_prompts = lambda: list(subset)
-    return len(subset), len(prompts)
-
-
-def calibration_timing(first_s: float, again_s: float, count: int, total: int) -> str:
-    """What a row on a short calibration says: the first *Automatic* call (calibration included) against the same
-    call again (calibrated), and the full calibration extrapolated from the difference."""
-    calibrated = max(0.0, first_s - again_s)
-    return (
-        f"calibrated on {count} of {total} prompts: first Automatic call {first_s:.0f} s, again {again_s:.0f} s, so "
-        f"about {calibrated:.0f} s of calibration; the full one is estimated at {calibrated * total / count / 60:.0f} "
-        "min on this CPU"
-    )
+    return host_common.short_calibration(importlib.import_module("flowcore.detection.calibration"), count)
 
 
 def load(node_dir: Path, checkpoint: str, lora: str):
@@ -380,7 +365,7 @@ def automatic(comfy: Comfy, clip, case: dict) -> tuple[bool, float, str]:
 
     package = comfy.node_class.__module__.rsplit(".", 1)[0]
     conditioning = importlib.import_module(f"{package}.conditioning")
-    options = importlib.import_module("flowcore.options")
+    options = importlib.import_module("flowcore.patching.options")
     prompt, expected = case["prompt"], case["report"]
     outcome = conditioning.encode(clip, prompt, options.FlowOptions(mode="auto", sensitivity=case["sensitivity"]))
     if outcome.problems or len(outcome.reports) != 1:

@@ -19,10 +19,16 @@ After every batch the recorded conditioning is written to `$FTF_PROBE_OUT/last-c
 compares runs with it). With `$FTF_PROBE_STOP` set, sampling stops once step 0's conditioning is recorded
 (Forge's own interruption, `InterruptedException`, so the batch is decoded and finished as usual): for a
 diffusion model that Forge builds deeper than the suite's random file (Flux, Chroma).
+
+With `$FTF_PROBE_SHORT_CALIBRATION=N` (and `$FTF_PROBE_SUITE`, the suite's folder), the extension's core calibrates
+on N of its built-in prompts spread over the file (`host_common.short_calibration`, the selection ComfyUI's checks
+make), and every calibration it runs is timed: `$FTF_PROBE_OUT/calibrations.json` (see `shorten_calibration`).
 """
 
+import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from safetensors.torch import save_file
 RECORDED = {}
 ENCODED = {}  # (text, the settings an encode depends on) -> Forge's conditioning of it
 TIMES = []  # seconds of each encode of this batch
+CALIBRATION = {"shortened": None, "runs": []}  # (count, full count), and each calibration (`shorten_calibration`)
 CLIP_WIDTHS = {"CLIP-L": (0, 768), "CLIP-G": (768, 2048)}  # SD 3.5's CLIP columns (then zeros up to T5's 4096)
 
 
@@ -58,6 +65,54 @@ def record(params) -> None:
 
 
 script_callbacks.on_cfg_denoiser(record)
+
+
+def suite_module(name: str):
+    """A module of the suite (`$FTF_PROBE_SUITE/<name>.py`, standard library only), imported under a name of its own."""
+    spec = importlib.util.spec_from_file_location(
+        f"ftf_realclient_{name}", Path(os.environ["FTF_PROBE_SUITE"], name + ".py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def shorten_calibration() -> None:
+    """Once (the first image; by then the extension has imported its core): the calibration module the extension's
+    `FlowPatcher` uses gets `host_common.short_calibration`, and `FlowPatcher.calibrate` is timed. Each calibration is
+    written to `$FTF_PROBE_OUT/calibrations.json` as it ends: the part's name, the prompts its progress listener was
+    told (None: read from the disk cache, nothing measured) and its seconds, with the shortened and full counts."""
+    if CALIBRATION["shortened"] or not os.environ.get("FTF_PROBE_SHORT_CALIBRATION"):
+        return
+    script = sys.modules["follow_the_flow_webui.script"]  # the extension's glue (scripts/follow_the_flow.py)
+    patcher = sys.modules[script.FlowPatcher.__module__]
+    count = int(os.environ["FTF_PROBE_SHORT_CALIBRATION"])
+    CALIBRATION["shortened"] = suite_module("host_common").short_calibration(patcher.calibration, count)
+    calibrate = patcher.FlowPatcher.calibrate
+
+    def timed(self, *args, **kwargs):
+        listener, totals = self.calibration_progress, []
+
+        def progress(done: int, total: int) -> None:
+            totals.append(total)
+            if listener is not None:
+                listener(done, total)
+
+        self.calibration_progress = progress
+        began = time.perf_counter()
+        try:
+            return calibrate(self, *args, **kwargs)
+        finally:
+            self.calibration_progress = listener
+            seconds = round(time.perf_counter() - began, 1)
+            prompts = totals[-1] if totals else None
+            CALIBRATION["runs"].append({"part": self.encoder.name, "prompts": prompts, "seconds": seconds})
+            out = Path(os.environ["FTF_PROBE_OUT"])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "calibrations.json").write_text(json.dumps(CALIBRATION), encoding="utf-8")
+
+    patcher.FlowPatcher.calibrate = timed
 
 
 def encode(p, text: str, pooled: bool = False) -> torch.Tensor | None:
@@ -167,6 +222,7 @@ class Probe(scripts.Script):
 
     def process(self, p, *args):
         RECORDED.clear()
+        shorten_calibration()
 
     def postprocess_batch(self, p, *args, **kwargs):
         save_recorded()

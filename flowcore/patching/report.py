@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from flowcore.items import LexicalItem
-from flowcore.layout import PromptLayout
+from flowcore.encoders.layout import PromptLayout
+from flowcore.prompts.items import LexicalItem
 
 
 def fixed(value: float, decimals: int = 3, signed: bool = False) -> str:
@@ -21,7 +21,7 @@ def fixed(value: float, decimals: int = 3, signed: bool = False) -> str:
 
 @dataclass
 class Pull:
-    """The pull of `source` on an item (`flowcore.analysis`): `value` is the calibrated, hubness-corrected
+    """The pull of `source` on an item (`flowcore.detection.leakage`): `value` is the calibrated, hubness-corrected
     score; `similarity` the calibrated cosine between the item in context and the source alone;
     `relatedness` the same between the item alone and the source alone."""
 
@@ -36,7 +36,7 @@ class ItemReport:
     """One item: where it sits, how leaked it looks, and what was done to it.
 
     - `rows`: its rows in the encoding; `representative_rows`: the rows that carry its meaning.
-    - `leak_score`: the largest pull of another item on it (`flowcore.analysis`), None when nothing could
+    - `leak_score`: the largest pull of another item on it (`flowcore.detection.leakage`), None when nothing could
       have pulled it or it was not scored; `source`: that item.
     - `share_of_unrelated`: the share of the encoder's calibration items (unrelated to each other) that score
       at least as high: 0.03 means only 3% of unrelated items look this pulled.

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from flowcore.encoders.layout import PromptLayout
 from flowcore.errors import OptionsError
-from flowcore.layout import PromptLayout
-from flowcore.prompt_syntax import ParsedPrompt
+from flowcore.prompts.prompt_syntax import ParsedPrompt
 
 EMPHASIS_CHOICES = ("original", "no norm", "ignore")
 

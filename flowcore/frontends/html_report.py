@@ -11,9 +11,9 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from flowcore.explore import movement, token_in_word, token_text
-from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowResult, ItemReport, fixed
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.patching.report import FlowResult, ItemReport, fixed
+from flowcore.studies.explore import movement, token_in_word, token_text
 
 if TYPE_CHECKING:
     from PIL.Image import Image

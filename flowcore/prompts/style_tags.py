@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flowcore.errors import OptionsError
 
-BUILTIN_PATH = Path(__file__).parent / "data" / "style_tags.txt"
+BUILTIN_PATH = Path(__file__).parents[1] / "data" / "style_tags.txt"
 ENV_VAR = "FLOWCORE_STYLE_TAGS"
 REGEX_PREFIX = "re:"
 # Emphasis written into the text of a prompt ("(masterpiece:1.2)", "[[bokeh]]") is not part of the tag.

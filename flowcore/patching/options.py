@@ -23,7 +23,7 @@ class FlowOptions:
       `detect=True` / `detect=False`, the old spelling, still works and means "auto" / "markers".
     - `sensitivity`: 0..1, how readily an item is patched, with the same meaning on every encoder: the share of
       unrelated items (the encoder's calibration prompts) whose score reaches the threshold is 0 at 0 (nothing
-      is patched), 10% at the default 0.5, 32% at 0.75 and 100% at 1 (`flowcore.analysis.patch_share`).
+      is patched), 10% at the default 0.5, 32% at 0.75 and 100% at 1 (`flowcore.detection.leakage.patch_share`).
       Automatic mode only.
     - `tail`: the EOS and padding rows, which in a causal encoder carry a blend of the whole chunk.
       "leave" keeps them as encoded (the paper's choice); "rederive" re-encodes the chunk with the patched
@@ -31,7 +31,7 @@ class FlowOptions:
     - `remove_redundant`: replace each item's non-representative tokens with the clean-pad baseline
       (the paper's redundant-token removal).
     - `patch_style_tags`: also patch quality, style and camera tags ("masterpiece", "bokeh", "85mm"; see
-      `flowcore.style_tags`). Off by default: they say how the image should look, not what is in it, so an
+      `flowcore.prompts.style_tags`). Off by default: they say how the image should look, not what is in it, so an
       isolated encoding of them fixes nothing; they are still scored and can still be named as a leak's source.
     - `style_tags`: extra lines for the style-tag list (its format: a tag, or `re:` and a regular expression).
     """

@@ -16,11 +16,21 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowcore.errors import ModelFileError
+from flowcore.errors import ModelFileError, ModelNotFoundError
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name; anything else that does not exist is a wrong path
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+# The SD 1.5 weights moved from runwayml/ to this organisation in 2024; either copy in the cache will do.
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL, "runwayml/stable-diffusion-v1-5")
+
+DOWNLOAD_HINT = (
+    "Download it once, with the network on: for SD 1.5, `python3 tools/dev.py demo` fetches only the files "
+    "flowcore uses (about 2 GB); for any model, `.venv/bin/hf download {repo} --include '*.json' '*.txt' "
+    "'*fp16.safetensors'` (`hf` comes with huggingface_hub). Or pass a local model: "
+    "`--model path/to/checkpoint.safetensors` (a WebUI checkpoint) or `--model path/to/diffusers-folder`."
+)
 
 
 @dataclass(frozen=True)
@@ -109,3 +119,31 @@ def check_config_folder(config: str | os.PathLike, name: str = "config") -> Path
             "of a diffusers model of the checkpoint's architecture."
         )
     return folder
+
+
+def default_source() -> str:
+    """The first SD 1.5 copy in the local hub cache (either repo name), else the canonical id (which then fails
+    with a download hint)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in DEFAULT_MODEL_ALIASES:
+        if isinstance(try_to_load_from_cache(repo, "model_index.json"), str):
+            return repo
+    return DEFAULT_MODEL
+
+
+def folder_of(source: ModelSource) -> Path:
+    """The local folder of a diffusers folder or of a hub id's cached snapshot (only what analyze needs)."""
+    if source.kind == "folder":
+        return Path(source.location)
+    from huggingface_hub import try_to_load_from_cache
+
+    # The snapshot folder of the cached model_index.json: a partial snapshot (only the files flowcore uses, as
+    # the demo fetches them) is fine, where `snapshot_download(local_files_only=True)` would refuse it.
+    index = try_to_load_from_cache(source.location, "model_index.json")
+    if not isinstance(index, str):
+        raise ModelNotFoundError(
+            f"The model `{source.location}` is not in the local Hugging Face cache and flowcore never downloads. "
+            + DOWNLOAD_HINT.format(repo=source.location)
+        )
+    return Path(index).parent

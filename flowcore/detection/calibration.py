@@ -8,20 +8,20 @@ each other, written apart from the minimal pairs used to evaluate detection) thr
 - the mean and standard deviation of every dimension of their token rows, and their few dominant directions
   (`DOMINANT_DIRECTIONS`), which `transform` takes out before any cosine (anisotropy correction);
 - the transformed contextual and isolated vectors of their items, against which the hubness terms of a pull
-  are measured (`flowcore.analysis`);
+  are measured (`flowcore.detection.leakage`);
 - the null distribution: the leak score of every one of their items that another item could have pulled;
   kept apart for items that are tags of a tag list (`tag_null`), since a list of unrelated tags pulls its
   items differently from a sentence (a causal encoder's more). The statistics and the hubness banks come
   from the sentences' items only, so that tag lists change nothing in how sentences are scored.
 
 A sensitivity then means "patch the items whose score is higher than this share of unrelated items'
-scores" (`flowcore.analysis.patch_share`), on every encoder. Calibrations are plain tensors saved with
+scores" (`flowcore.detection.leakage.patch_share`), on every encoder. Calibrations are plain tensors saved with
 safetensors and a JSON sidecar under `$FLOWCORE_CACHE` (default `~/.cache/flowcore/calibration`), keyed by the
 encoder's `identity()` (a sampled fingerprint of its weights and settings), the spaCy pipeline, and this
 module's version and prompts. The prompts are encoded `PROMPTS_PER_BATCH` at a time, a causal encoder's in
-shared forward calls and without their end tokens and padding (`FlowPatcher._calibration_encodings`): an SD
+shared forward calls and without their end tokens and padding (`flowcore.detection.measuring.encode_prompts`): an SD
 1.5-size encoder's calibration takes 5 s once on an idle 2-core CPU (`benchmarks/first_run.py`), and front
-ends show its progress (`flowcore.progress`).
+ends show its progress (`flowcore.detection.progress`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from flowcore.detection.leakage import patch_share, pull_value
 from flowcore.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 CALIBRATION_VERSION = 4  # bump when the score or the statistics change: old cache files are then ignored
 DOMINANT_DIRECTIONS = 3  # removed after standardising; the first few carry "a token of this model", not meaning
 NEIGHBOURS = 10  # k of the hubness terms
-PROMPTS_PATH = Path(__file__).parent / "data" / "calibration_prompts.txt"
+PROMPTS_PATH = Path(__file__).parents[1] / "data" / "calibration_prompts.txt"
 PROMPTS_PER_BATCH = 28  # calibration prompts per progress step; a causal encoder's share forward calls
 
 
@@ -125,11 +126,9 @@ class Calibration:
         return self.tag_null if tag and len(self.tag_null) else self.null
 
     def threshold(self, sensitivity: float, tag: bool = False) -> float:
-        """The leak score above which an item is patched at `sensitivity` (`flowcore.analysis.patch_share` of
+        """The leak score above which an item is patched at `sensitivity` (`flowcore.detection.leakage.patch_share` of
         the null scores reach it; `tag`: of an item that is a tag of a tag list). Shares below one null score
         mean "above every one of them"."""
-        from flowcore.analysis import patch_share
-
         null = self._null(tag)
         share = patch_share(sensitivity)
         if share <= 0.0:
@@ -189,8 +188,6 @@ def fit(token_rows: torch.Tensor, samples: Sequence[ItemSample], key: str = "") 
     The hubness banks are the items that are not tags; each item's null score is computed leaving its own
     prompt out of them, as a user's prompt is not in them. An item's candidates are items of its own prompt,
     so they leave the same prompt out."""
-    from flowcore.analysis import pull_value
-
     if len(samples) < 2 or token_rows.shape[0] < 2:
         raise CalibrationError("The calibration prompts gave fewer than two items; check the spaCy pipeline.")
     rows = token_rows.float()

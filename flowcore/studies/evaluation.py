@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowcore.errors import InputError, OptionsError
-from flowcore.options import FlowOptions
+from flowcore.patching.options import FlowOptions
 
-PAIRS_PATH = Path(__file__).parent / "data" / "minimal_pairs.jsonl"
+PAIRS_PATH = Path(__file__).parents[1] / "data" / "minimal_pairs.jsonl"
 # "a baseball game| with |bats", "computer desk|, |mouse"
 _JOIN = re.compile(r"(\s+(with|and)(\s+an?)?\s*|\s*,\s*)$")
 SPLITS = ("dev", "held-out", "final", "final2", "tags-dev", "tags-final")

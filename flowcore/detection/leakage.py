@@ -8,7 +8,7 @@ For an item I the patcher has three kinds of vectors (all from the rows the text
 
 Raw hidden states are anisotropic: every pair of tokens has a high cosine, dominated by a few directions that
 say "this is a token of this model", and a cosine that means "related" on one encoder means nothing on
-another. So every vector first goes through its encoder's `Calibration` (`flowcore.calibration`): each
+another. So every vector first goes through its encoder's `Calibration` (`flowcore.detection.calibration`): each
 dimension is standardised, the few dominant directions are removed, the result is scaled to unit length.
 
 The pull of J on I is then how much closer I's contextual vector is to J's own meaning than either vector is,
@@ -24,14 +24,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from flowcore.calibration import Calibration
-
 DEFAULT_PATCH_SHARE = 0.10  # at sensitivity 0.5: about 1 in 10 items that nothing pulled is patched anyway
+
+
+class CalibratedSpace(Protocol):
+    """What scoring needs from an encoder's calibration (`flowcore.detection.calibration.Calibration` is one):
+    the map into the calibrated space and each side's hubness there."""
+
+    def transform(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
+    def hubness_of_contextual(self, vectors: torch.Tensor) -> torch.Tensor: ...
+
+    def hubness_of_isolated(self, vectors: torch.Tensor) -> torch.Tensor: ...
 
 
 def patch_share(sensitivity: float) -> float:
@@ -85,7 +93,7 @@ def leak_scores(
     matched: Sequence[torch.Tensor],
     candidates: Sequence[Sequence[int]],
     causal: bool,
-    calibration: Calibration,
+    calibration: CalibratedSpace,
 ) -> list[LeakScore]:
     """Score every item: `contextual[i]` and `matched[i]` are item i's rows `(tokens, dim)` in the prompt and
     encoded alone at the same positions; `candidates[i]` the items that could have influenced item i."""
@@ -119,3 +127,37 @@ def presence(contextual: torch.Tensor, isolated: torch.Tensor, causal: bool) -> 
     presence is high, the text encoder carried it and the failure is the decoder's (the paper's
     catastrophic neglect)."""
     return cosine(item_vector(contextual, causal), item_vector(isolated, causal))
+
+
+def scorable(matched: Sequence[torch.Tensor | None], candidates: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per item whose rows alone match its tokens in the prompt (`matched[i]` not None), the candidate sources
+    that match too; an empty list for every other item. Nothing to score where every list is empty."""
+    return [
+        [j for j in others if matched[j] is not None] if matched[i] is not None else []
+        for i, others in enumerate(candidates)
+    ]
+
+
+def leak_scores_by_item(
+    contextual: Sequence[torch.Tensor],
+    matched: Sequence[torch.Tensor | None],
+    sources: Sequence[Sequence[int]],
+    causal: bool,
+    calibration: CalibratedSpace,
+) -> dict[int, LeakScore]:
+    """`leak_scores` of the items that have rows alone (`matched[i]` not None), by item index, for the items
+    that some source pulled; `sources` from `scorable`."""
+    usable = [index for index, rows in enumerate(matched) if rows is not None]
+    found = leak_scores(
+        [contextual[i] for i in usable],
+        [matched[i] for i in usable],
+        [[usable.index(j) for j in sources[i]] for i in usable],
+        causal,
+        calibration,
+    )
+    scores = {}
+    for n, score in enumerate(found):  # back from indices into `usable` to item indices
+        if score.source is not None:
+            pulls = {usable[j]: pull for j, pull in score.pulls.items()}
+            scores[usable[n]] = LeakScore(score.score, usable[score.source], pulls)
+    return scores

@@ -1,4 +1,4 @@
-"""OpenAI's CLIP tokenizer, built offline from its merges file: what `flowcore.pipelines` falls back to when no
+"""OpenAI's CLIP tokenizer, built offline from its merges file: what `flowcore.models.pipelines` falls back to when no
 tokenizer is in the local Hugging Face cache (single-file checkpoints carry none), and what the tests use.
 
 The merges file `bpe_simple_vocab_16e6.txt.gz` (MIT licence) ships inside the `open-clip-torch` wheel;
@@ -7,23 +7,27 @@ The merges file `bpe_simple_vocab_16e6.txt.gz` (MIT licence) ships inside the `o
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import gzip
 import os
 from pathlib import Path
 
+from flowcore.encoders.layout import ROWS_PER_CHUNK
 from flowcore.errors import ModelNotFoundError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_VOCAB_SIZE = 49408  # 256 bytes + 256 bytes with </w> + 48894 merges + BOS + EOS
 BOS_ID, EOS_ID = 49406, 49407
+CLIP_TOKENIZER_REPO = "openai/clip-vit-large-patch14"  # where the hub cache keeps the real one
 
 
 def find_clip_bpe() -> Path:
     """Locate the CLIP merges file: `$FLOWCORE_CLIP_BPE`, then `.cache/clip/` in the repo, then ~/.cache."""
     candidates = [
         os.environ.get("FLOWCORE_CLIP_BPE", ""),
-        Path(__file__).resolve().parent.parent / ".cache" / "clip" / BPE_FILENAME,
+        Path(__file__).resolve().parents[2] / ".cache" / "clip" / BPE_FILENAME,
         Path.home() / ".cache" / "flowcore" / "clip" / BPE_FILENAME,
     ]
     for candidate in candidates:
@@ -76,4 +80,28 @@ def clip_tokenizer(bpe_path: str | None = None):
         tokenizer = _tokenizer_from_files(vocab, merges)
     if len(tokenizer) != CLIP_VOCAB_SIZE:
         raise ModelNotFoundError(f"The CLIP tokenizer built from {path} has {len(tokenizer)} tokens, not 49408.")
+    return tokenizer
+
+
+def local_clip_tokenizer(pad_token: str | None = None):
+    """The CLIP tokenizer (49408 tokens) from the local hub cache, else built from the CLIP merges file.
+
+    `pad_token="!"` gives OpenCLIP's padding (SD 2, SDXL's second encoder); None keeps EOS padding.
+    """
+    from transformers import CLIPTokenizer
+
+    tokenizer = None
+    with contextlib.suppress(OSError, ValueError):
+        tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_REPO, local_files_only=True)
+    if tokenizer is None or len(tokenizer) != CLIP_VOCAB_SIZE:  # offline, transformers may return a stub
+        try:
+            tokenizer = copy.deepcopy(clip_tokenizer())
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(
+                f"No CLIP tokenizer on this machine. Download it once (`hf download {CLIP_TOKENIZER_REPO}`) or "
+                f"extract the merges file with `python tools/fetch_clip_bpe.py`. ({error})"
+            ) from error
+    tokenizer.model_max_length = ROWS_PER_CHUNK
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
     return tokenizer

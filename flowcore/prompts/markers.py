@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flowcore.items import ISOLATE, KEEP
+from flowcore.prompts.items import ISOLATE, KEEP
 
 MARKER_KINDS = {"~": ISOLATE, "^": KEEP}
 

@@ -2,7 +2,7 @@
 
 An image "from a subset of tokens" keeps the prompt's contextual vectors at the kept rows and fills every
 other row (BOS, EOS, other tokens, padding) from the clean-pad baseline at the same position
-(`flowcore.interventions.keep_only`); for SDXL the pooled vector is the empty prompt's, as in the paper's code.
+(`flowcore.patching.interventions.keep_only`); for SDXL the pooled vector is the empty prompt's, as in the paper's code.
 Also the small image helpers the CLI and the app share: a labelled grid and a side-by-side pair.
 """
 
@@ -15,9 +15,9 @@ import torch
 
 from flowcore.encoders.base import Encoding
 from flowcore.errors import InputError
-from flowcore.interventions import keep_only
-from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowResult
+from flowcore.patching.interventions import keep_only
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.patching.report import FlowResult
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -95,7 +95,7 @@ def explore(
     """
     from tqdm.auto import tqdm
 
-    from flowcore.pipelines import generate
+    from flowcore.models.pipelines import generate
 
     # 1. Encode the prompt and the clean-pad baseline.
     result = patcher.run(prompt)

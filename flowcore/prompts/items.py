@@ -15,7 +15,7 @@ class LexicalItem:
     `start` and `end` are character offsets into the marker-free prompt, so
     `clean_text[item.start:item.end] == item.text`. `head` is the word that names the concept (the noun
     the modifiers attach to; for a tag, its last word); `marker` is `"isolate"`, `"keep"` or None when the
-    item came from the parser; `style` whether it is a quality, style or camera tag (`flowcore.style_tags`),
+    item came from the parser; `style` whether it is a quality, style or camera tag (`flowcore.prompts.style_tags`),
     which the patcher does not patch unless asked; `tag` whether it is one tag of a tag list (the segmentation's
     tag rule), not an item of a phrase: its leak score is judged against unrelated tags' scores.
     """

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from flowcore.items import LexicalItem
-from flowcore.patcher import FlowPatcher
-from flowcore.report import FlowResult
+from flowcore.patching.patcher import FlowPatcher
+from flowcore.patching.report import FlowResult
+from flowcore.prompts.items import LexicalItem
 
 TABLE_HEADERS = ["item", "rows", "leak score", "pulled by", "presence", "auto decision", "why"]
 
@@ -50,7 +50,7 @@ def build_app(pipe, patcher: FlowPatcher, steps: int = 25, size: int | None = No
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    from flowcore.pipelines import generate
+    from flowcore.models.pipelines import generate
 
     def analyze(prompt: str):
         result = patcher.run(prompt)
