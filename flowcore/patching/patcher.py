@@ -357,7 +357,7 @@ class FlowPatcher:
                 options,
                 self.encoder.causal,
                 unread,
-                self._unmatched(entry),
+                self._unmatched(entry) if score is None else "",
             )
             span = (entry.item.start, entry.item.end)
             if span in force and not item_report.patched and entry.item.marker != KEEP:
